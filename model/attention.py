@@ -1,0 +1,83 @@
+"""Multi-head attention (Vaswani et al. 2017, section 3.2), with fused projections.
+
+Shapes: B batch, S source length, T target length, H heads, Dh head dim, D model dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, Dh)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, D)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool = False) -> Tensor:
+    """Scaled dot-product attention; `bias` is additive (0 or -inf), broadcast to (B, H, Tq, Tk)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
+
+
+def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
+    """The softmax matrix that `attend` applies, for callers that want to look at it."""
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
+    if bias is not None:
+        scores = scores + bias
+    return scores.float().softmax(-1)
+
+
+class SelfAttention(nn.Module):
+    """Q, K and V come from the same sequence: one (D, 3D) matmul instead of three."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(self, x: Tensor, bias: Tensor | None = None, causal: bool = False) -> Tensor:
+        q, k, v = self.project(x)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, dropout_p=p)
+        return self.out(merge_heads(y))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder, keys and values from the encoder output (computed once per source)."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)  # (B, H, S, Dh) each
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        q = split_heads(self.q(x), self.heads)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        return self.out(merge_heads(y))
+
+
+def masked_bias(pad_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, S) bool, True where padded -> additive (B, 1, 1, S) bias."""
+    bias = torch.zeros(pad_mask.shape, dtype=dtype, device=pad_mask.device)
+    bias.masked_fill_(pad_mask, float("-inf"))
+    return bias[:, None, None, :]

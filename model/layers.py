@@ -1,0 +1,82 @@
+"""Encoder and decoder layers, post-norm as in the paper and in Marian.
+
+Shapes: B batch, S source length, T target length, D model dim.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.attention import CrossAttention, SelfAttention, attend, merge_heads, split_heads
+
+
+def activation(name: str):
+    if name in ("swish", "silu"):
+        return F.silu
+    if name == "relu":
+        return F.relu
+    if name == "gelu":
+        return F.gelu
+    # gelu_new / gelu_fast / gelu_pytorch_tanh are all the tanh approximation.
+    return lambda x: F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int, act: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ffn)
+        self.fc2 = nn.Linear(d_ffn, d_model)
+        self.act = activation(act)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, d_ffn: int, act: str, dropout: float, attn_dropout: float,
+                 act_dropout: float) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, heads, attn_dropout)
+        self.self_attn_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ffn, act, act_dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, src_bias: Tensor) -> Tensor:
+        x = self.self_attn_norm(x + self.drop(self.self_attn(x, src_bias)))
+        return self.ffn_norm(x + self.drop(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, heads: int, d_ffn: int, act: str, dropout: float, attn_dropout: float,
+                 act_dropout: float) -> None:
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, heads, attn_dropout)
+        self.self_attn_norm = nn.LayerNorm(d_model)
+        self.cross_attn = CrossAttention(d_model, heads, attn_dropout)
+        self.cross_attn_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ffn, act, act_dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, src_bias: Tensor) -> Tensor:
+        """Teacher-forced pass over the whole target (training, and the no-cache reference)."""
+        x = self.self_attn_norm(x + self.drop(self.self_attn(x, causal=True)))
+        k, v = self.cross_attn.project_memory(memory)
+        x = self.cross_attn_norm(x + self.drop(self.cross_attn(x, k, v, src_bias)))
+        return self.ffn_norm(x + self.drop(self.ffn(x)))
+
+    def step(self, x: Tensor, pos: int, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
+             src_bias: Tensor) -> Tensor:
+        """One new position for every row; x: (B, 1, D). Writes this position's K/V into the cache."""
+        q, k, v = self.self_attn.project(x)  # (B, H, 1, Dh)
+        self_k[:, :, pos : pos + 1] = k
+        self_v[:, :, pos : pos + 1] = v
+        h = attend(q, self_k[:, :, : pos + 1], self_v[:, :, : pos + 1], None)
+        x = self.self_attn_norm(x + self.self_attn.out(merge_heads(h)))
+        q = split_heads(self.cross_attn.q(x), self.cross_attn.heads)
+        h = attend(q, cross_k, cross_v, src_bias)
+        x = self.cross_attn_norm(x + self.cross_attn.out(merge_heads(h)))
+        return self.ffn_norm(x + self.ffn(x))

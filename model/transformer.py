@@ -1,0 +1,88 @@
+"""The encoder-decoder Transformer: embeddings, encoder, decoder, output projection.
+
+`encode()` runs once per source; `decode_step()` advances every row by one token over a
+KVCache. `forward()` is the teacher-forced pass used for training and as the no-cache reference.
+Shapes: B batch, S source length, T target length, H heads, Dh head dim, D model dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from model.attention import masked_bias
+from model.cache import KVCache
+from model.config import ModelConfig
+from model.layers import DecoderLayer, EncoderLayer
+from model.positions import sinusoids
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.enc_embed = nn.Embedding(cfg.vocab_size, d)
+        # One matrix for both sides only when the checkpoint ties them (as transformers does):
+        # an untied checkpoint with shared vocab still stores distinct encoder/decoder tables.
+        one_table = cfg.share_encoder_decoder_embeddings and cfg.tie_word_embeddings
+        self.dec_embed = self.enc_embed if one_table else nn.Embedding(cfg.target_vocab_size, d)
+        self.lm_head = nn.Linear(d, cfg.target_vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.dec_embed.weight
+        self.register_buffer("final_logits_bias", torch.zeros(cfg.target_vocab_size))
+        self.register_buffer("positions", sinusoids(cfg.max_position_embeddings, d), persistent=False)
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        drops = (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(d, cfg.encoder_attention_heads, cfg.encoder_ffn_dim, cfg.activation_function, *drops)
+            for _ in range(cfg.encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(d, cfg.decoder_attention_heads, cfg.decoder_ffn_dim, cfg.activation_function, *drops)
+            for _ in range(cfg.decoder_layers)
+        )
+
+    # -- encoder ---------------------------------------------------------------------------
+    def source_bias(self, src_ids: Tensor) -> Tensor:
+        return masked_bias(src_ids == self.cfg.pad_token_id, self.positions.dtype)  # (B, 1, 1, S)
+
+    def encode(self, src_ids: Tensor, src_bias: Tensor | None = None) -> Tensor:
+        """src_ids (B, S) -> memory (B, S, D)."""
+        if src_bias is None:
+            src_bias = self.source_bias(src_ids)
+        s = src_ids.shape[1]
+        x = self.enc_embed(src_ids) * self.embed_scale + self.positions[:s]
+        x = self.embed_drop(x)
+        for layer in self.encoder:
+            x = layer(x, src_bias)
+        return x
+
+    # -- decoder, teacher-forced -----------------------------------------------------------
+    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
+        """Logits (B, T, V) for every target position; tgt_in starts with decoder_start_token_id."""
+        src_bias = self.source_bias(src_ids)
+        memory = self.encode(src_ids, src_bias)
+        t = tgt_in.shape[1]
+        x = self.dec_embed(tgt_in) * self.embed_scale + self.positions[:t]
+        x = self.embed_drop(x)
+        for layer in self.decoder:
+            x = layer(x, memory, src_bias)
+        return self.lm_head(x) + self.final_logits_bias
+
+    # -- decoder, one step over the cache --------------------------------------------------
+    def start_cache(self, memory: Tensor, src_bias: Tensor, max_len: int) -> KVCache:
+        """Cross-attention K/V for every layer, computed once; self-attention buffers for max_len steps."""
+        ks, vs = zip(*(layer.cross_attn.project_memory(memory) for layer in self.decoder))
+        return KVCache.allocate(torch.stack(ks), torch.stack(vs), src_bias, max_len)  # (L, B, H, S, Dh)
+
+    def decode_step(self, tokens: Tensor, pos: int, cache: KVCache) -> Tensor:
+        """tokens (B,) at position `pos` -> next-token logits (B, V), in float32."""
+        x = self.dec_embed(tokens[:, None]) * self.embed_scale + self.positions[pos]  # (B, 1, D)
+        for i, layer in enumerate(self.decoder):
+            x = layer.step(x, pos, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
+                           cache.src_bias)
+        return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()
