@@ -49,16 +49,26 @@ def process(logp: Tensor, step: int, limits: Tensor, settings: GenerationSetting
     return logp
 
 
-@torch.inference_mode()
-def generate(model: Transformer, src_ids: Tensor, settings: GenerationSettings) -> list[list[Hypothesis]]:
-    """Translate a padded batch (B, S) of source ids; returns num_hypotheses per source, best first."""
+def encode(model: Transformer, src_ids: Tensor, settings: GenerationSettings) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the encoder once: (memory (B, S, D), source bias (B, 1, 1, S), per-row length limits (B,))."""
     cfg = model.cfg
     src_bias = model.source_bias(src_ids)
     memory = model.encode(src_ids, src_bias)
     limits = row_limits(src_ids, cfg.pad_token_id, settings, cfg.max_position_embeddings).to(src_ids.device)
-    if settings.beam_size == 1:
-        return greedy(model, memory, src_bias, limits, settings)
-    return beam_search(model, memory, src_bias, limits, settings)
+    return memory, src_bias, limits
+
+
+def decode(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Tensor,
+           settings: GenerationSettings) -> list[list[Hypothesis]]:
+    """Greedy or beam search over encoded sources."""
+    search = greedy if settings.beam_size == 1 else beam_search
+    return search(model, memory, src_bias, limits, settings)
+
+
+@torch.inference_mode()
+def generate(model: Transformer, src_ids: Tensor, settings: GenerationSettings) -> list[list[Hypothesis]]:
+    """Translate a padded batch (B, S) of source ids; returns num_hypotheses per source, best first."""
+    return decode(model, *encode(model, src_ids, settings), settings)
 
 
 def greedy(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Tensor,

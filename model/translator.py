@@ -79,3 +79,23 @@ class Translator:
     def _result(self, nbest: list[Hypothesis]) -> Translation:
         texts = [self.tokenizer.decode(h.tokens) for h in nbest]
         return Translation(texts[0], nbest[0].score, texts[1:])
+
+
+def language_pairs(path: str | Path) -> list[str]:
+    """The "src-tgt" pairs a model directory serves, from tokenizer_config.json and its >>xx<< tokens.
+
+    A single-pair model gives [source-target]; a model with target tokens gives source -> each
+    target, or every ordered pair of them when the source is itself a target (a two-way model)."""
+    path = Path(path)
+    tok_cfg = path / "tokenizer_config.json"
+    raw = json.loads(tok_cfg.read_text()) if tok_cfg.exists() else {}
+    source, target = raw.get("source_lang"), raw.get("target_lang")
+    vocab = json.loads((path / "vocab.json").read_text())
+    targets = sorted(t[2:-2] for t in vocab if t.startswith(">>") and t.endswith("<<"))
+    if targets and source in targets:
+        return [f"{a}-{b}" for a in targets for b in targets if a != b]
+    if targets and source:
+        return [f"{source}-{t}" for t in targets]
+    if source and target:
+        return [f"{source}-{target}"]
+    raise ValueError(f"cannot tell which language pairs {path} serves: give `pairs` explicitly")

@@ -1,0 +1,297 @@
+"""HTTP ingress (FastAPI under Ray Serve): routes, validation, errors, routing by language pair.
+
+No `from __future__ import annotations` here: Serve re-binds the route methods and FastAPI must
+see real annotations (Request, the body models) to tell bodies from parameters.
+
+Errors are typed bodies (`ErrorResponse`) that name the field, the bound and the given value:
+422 invalid input, 404 unknown language pair, 413 too large, 504 deadline passed.
+The LibreTranslate-compatible routes answer in LibreTranslate's shapes ({"error": "..."}).
+"""
+
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.languages import detect_language, language_name
+from service.limits import BodyLimitMiddleware
+from service.schemas import (
+    LIMITS,
+    ErrorResponse,
+    LibreLanguage,
+    LibreTranslateRequest,
+    ModelInfo,
+    ModelsResponse,
+    Timings,
+    TranslateRequest,
+    TranslateResponse,
+    TranslationJob,
+    Usage,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in ((404, "unknown language pair"), (413, "request too large"), (422, "invalid input"),
+                       (504, "deadline passed"))
+}
+
+app = FastAPI(
+    title="mt-serve",
+    version="0.1.0",
+    summary="Neural machine translation (Marian/OPUS-MT Transformers) served by Ray Serve.",
+    responses=ERRORS,
+)
+app.add_middleware(BodyLimitMiddleware, max_bytes=LIMITS.max_body_bytes)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, type_: str, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.code, self.type, self.message = code, type_, message
+        self.details = [dict(message=message, **detail)] if detail else []
+
+
+def error_response(code: int, type_: str, message: str, details: list[dict] | None = None,
+                   libre: bool = False) -> JSONResponse:
+    if libre:
+        return JSONResponse({"error": message}, status_code=code)
+    body = {"error": {"code": code, "type": type_, "message": message, "details": details or []}}
+    return JSONResponse(body, status_code=code)
+
+
+def _short(value: Any) -> Any:
+    """Echo a given value back only in a bounded form."""
+    if isinstance(value, str) and len(value) > 64:
+        return value[:64] + "..."
+    if isinstance(value, (list, dict)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return value
+
+
+# pydantic error type -> how we phrase it (TGI style: "`beam_size` must be <= 8. Given: 40").
+PHRASES = {
+    "less_than_equal": "must be <= {le}", "less_than": "must be < {lt}", "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}", "too_long": "must have at most {max_length} items",
+    "too_short": "must have at least {min_length} items", "string_too_long": "must be at most {max_length} characters",
+    "string_pattern_mismatch": "must match {pattern}", "extra_forbidden": "is not a known field",
+    "missing": "is required", "finite_number": "must be a finite number",
+}
+BOUND_KEYS = ("le", "lt", "ge", "gt", "max_length", "min_length", "pattern")
+
+
+def validation_details(exc: ValidationError | RequestValidationError) -> list[dict]:
+    details = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not str(x).startswith("function-")]
+        # Union members (str | list[str]) show up as a type name in the path: not useful to a client.
+        loc = [x for x in loc if x not in ("str", "list[str]") and not x.startswith("list[")]
+        ctx = err.get("ctx") or {}
+        bound = next((ctx[k] for k in BOUND_KEYS if k in ctx), None)
+        phrase = PHRASES.get(err.get("type", ""))
+        msg = phrase.format(**ctx) if phrase and all("{" + k + "}" not in phrase or k in ctx for k in BOUND_KEYS) \
+            else err.get("msg", "invalid").removeprefix("Value error, ")
+        field = ".".join(loc) or None
+        text = f"`{field}` {msg}" if field else msg
+        given = err.get("input")
+        if "Given:" not in text and err.get("type") != "missing":
+            text += f". Given: {_short(given)!r}"
+        details.append({"field": field, "message": text, "bound": _short(bound), "given": _short(given)})
+    return details
+
+
+def _libre(request: Request) -> bool:
+    return request.url.path in ("/translate", "/languages")
+
+
+@app.exception_handler(RequestValidationError)
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = validation_details(exc)
+    return error_response(422, "invalid_request", "; ".join(d["message"] for d in details), details,
+                          libre=_libre(request))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    types = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+    return error_response(exc.status_code, types.get(exc.status_code, "http_error"), str(exc.detail),
+                          libre=_libre(request))
+
+
+@app.exception_handler(ApiError)
+async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.code, exc.type, exc.message, exc.details, libre=_libre(request))
+
+
+@app.exception_handler(Exception)
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Never a traceback or a file path in a body; the replica log has the details.
+    return error_response(500, "internal_error", "internal error", libre=_libre(request))
+
+
+@serve.deployment(name="ingress", max_ongoing_requests=256)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, models: dict[str, DeploymentHandle], pairs: dict[str, str]) -> None:
+        self.models = models
+        self.pairs = pairs  # "en-de" -> model name
+        from service.metrics import IngressMetrics  # needs a Ray worker
+
+        self.metrics = IngressMetrics()
+        self.in_flight = 0
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _route(self, source: str, target: str) -> tuple[str, DeploymentHandle]:
+        pair = f"{source}-{target}"
+        if pair not in self.pairs:
+            raise ApiError(404, "unknown_language_pair",
+                           f"no model serves {pair}. Served pairs: {sorted(self.pairs)}",
+                           field="source_lang,target_lang", given=pair)
+        name = self.pairs[pair]
+        return name, self.models[name]
+
+    async def _run(self, handle: DeploymentHandle, job: TranslationJob) -> Any:
+        response = handle.translate.remote(job)
+        try:
+            return await asyncio.wait_for(response, timeout=job.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise ApiError(504, "deadline_exceeded", f"translation did not finish within {job.timeout_s}s",
+                           field="timeout", bound=job.timeout_s) from None
+
+    async def _observed(self, route: str, pair: str, work):
+        started = time.perf_counter()
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight, tags={"replica": self.replica})
+        code = 500
+        try:
+            result = await work
+            code = 200
+            return result
+        except ApiError as exc:
+            code = exc.code
+            raise
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight, tags={"replica": self.replica})
+            self.metrics.observe(route, pair, code, time.perf_counter() - started)
+
+    # -- native API -----------------------------------------------------------------------------------
+    @app.post("/v1/translate", response_model=TranslateResponse, tags=["translate"])
+    async def translate(self, body: TranslateRequest) -> TranslateResponse:
+        """Translate one text or a list of texts. Documents are split into sentences and rejoined."""
+        started = time.perf_counter()
+        pair = f"{body.source_lang}-{body.target_lang}"
+        pair_label = pair if pair in self.pairs else "unknown"
+
+        async def work() -> TranslateResponse:
+            name, handle = self._route(body.source_lang, body.target_lang)
+            result = await self._run(handle, body.to_job())
+            return TranslateResponse(
+                translations=[
+                    {"text": t, "score": s if body.return_scores else None,
+                     "alternatives": a if body.num_alternatives else None}
+                    for t, s, a in zip(result.texts, result.scores, result.alternatives)
+                ],
+                model=name, source_lang=body.source_lang, target_lang=body.target_lang,
+                usage=Usage(sentences=result.sentences, input_tokens=result.input_tokens,
+                            output_tokens=result.output_tokens),
+                timings=Timings(total_s=time.perf_counter() - started, queue_s=result.queue_s,
+                                compute_s=result.compute_s),
+            )
+
+        return await self._observed("/v1/translate", pair_label, work())
+
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
+    async def list_models(self) -> ModelsResponse:
+        infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
+        return ModelsResponse(models=[ModelInfo(**i) for i in infos])
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every model replica is loaded and has done its warm-up translation."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.models.values())), timeout=5)
+        except Exception:  # any model not answering means not ready
+            return error_response(503, "not_ready", "models are still loading")
+        return JSONResponse({"status": "ready", "models": sorted(self.models), "pairs": sorted(self.pairs)})
+
+    # -- LibreTranslate compatibility -----------------------------------------------------------------
+    @app.post("/translate", tags=["libretranslate"], openapi_extra={
+        "requestBody": {"content": {
+            "application/json": {"schema": LibreTranslateRequest.model_json_schema()},
+            "application/x-www-form-urlencoded": {"schema": LibreTranslateRequest.model_json_schema()},
+        }}})
+    async def libre_translate(self, request: Request) -> JSONResponse:
+        """LibreTranslate's /translate: `q` (string or list), `source` (or "auto"), `target`, `alternatives`."""
+        body = await self._libre_body(request)
+        source = body.source
+        detected = None
+        if source == "auto":
+            sources = sorted({p.split("-")[0] for p in self.pairs if p.endswith("-" + body.target)})
+            source, confidence = detect_language(body.q if isinstance(body.q, str) else " ".join(body.q), sources)
+            detected = {"confidence": confidence, "language": source}
+        pair = f"{source}-{body.target}"
+
+        async def work() -> JSONResponse:
+            if source == body.target:
+                raise ApiError(422, "invalid_request", f"source and target must differ. Given: both {source!r}")
+            _, handle = self._route(source, body.target)
+            job = TranslationJob(texts=tuple([body.q] if isinstance(body.q, str) else body.q), source_lang=source,
+                                 target_lang=body.target, beam_size=None, max_length=None,
+                                 num_alternatives=body.alternatives, length_penalty=None,
+                                 timeout_s=LIMITS.default_timeout_s)
+            result = await self._run(handle, job)
+            out: dict[str, Any] = {"translatedText": result.texts[0] if isinstance(body.q, str) else result.texts}
+            if body.alternatives:
+                out["alternatives"] = result.alternatives[0] if isinstance(body.q, str) else result.alternatives
+            if detected:
+                out["detectedLanguage"] = detected if isinstance(body.q, str) else [detected] * len(body.q)
+            return JSONResponse(out)
+
+        return await self._observed("/translate", pair if pair in self.pairs else "unknown", work())
+
+    async def _libre_body(self, request: Request) -> LibreTranslateRequest:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = await request.body()
+        try:
+            if ctype == "application/x-www-form-urlencoded":
+                form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+                data: Any = {k: (v if k == "q" and len(v) > 1 else v[0]) for k, v in form.items()}
+            elif ctype in ("application/json", ""):
+                import json
+
+                data = json.loads(raw or b"null")
+            else:
+                raise ApiError(415, "unsupported_media_type",
+                               f"content type must be application/json or application/x-www-form-urlencoded. "
+                               f"Given: {ctype!r}")
+            return LibreTranslateRequest.model_validate(data)
+        except ValidationError as exc:
+            details = validation_details(exc)
+            raise ApiError(422, "invalid_request", "; ".join(d["message"] for d in details)) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(422, "invalid_request", f"body is not valid JSON or form data: {exc}") from None
+
+    @app.get("/languages", response_model=list[LibreLanguage], tags=["libretranslate"])
+    async def languages(self) -> list[LibreLanguage]:
+        """LibreTranslate's /languages: each source language with the targets it translates into."""
+        targets: dict[str, list[str]] = {}
+        for pair in self.pairs:
+            src, tgt = pair.split("-")
+            targets.setdefault(src, []).append(tgt)
+        return [LibreLanguage(code=c, name=language_name(c), targets=sorted(t)) for c, t in sorted(targets.items())]

@@ -1,0 +1,75 @@
+"""The application builder: `serve run service.app:build_app [key=value ...]` or a Serve config file.
+
+Each model directory becomes its own deployment (replicas, CPUs/GPUs, batching); the ingress
+routes each language pair to the deployment that serves it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.serve import Application
+
+from model.translator import EMBEDDED_MODEL, language_pairs
+from service.api import Ingress
+from service.deployments import ModelDeployment
+from service.settings import BatchingConfig
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    path: str
+    pairs: list[str] | None = Field(None, description="default: read from the model directory")
+    num_replicas: int | str = Field(1, description='a count, or "auto" for Serve autoscaling')
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(0, ge=0, description="torch threads per replica (0: OMP_NUM_THREADS or all cores)")
+    dtype: str | None = Field(None, pattern=r"^(float32|float16|bfloat16)$")
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=-1)
+
+    def resolved_pairs(self) -> list[str]:
+        return self.pairs or language_pairs(self.path)
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="embedded", path=str(EMBEDDED_MODEL))])
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    ingress_replicas: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppArgs:
+        seen: dict[str, str] = {}
+        for spec in self.models:
+            for pair in spec.resolved_pairs():
+                if pair in seen:
+                    raise ValueError(f"pair {pair} is served by both {seen[pair]} and {spec.name}")
+                seen[pair] = spec.name
+        return self
+
+
+def build_app(args: AppArgs) -> Application:
+    if isinstance(args, dict):  # `serve run module:build_app key=value` hands over a dict
+        args = AppArgs.model_validate(args)
+    handles = {}
+    pairs: dict[str, str] = {}
+    for spec in args.models:
+        device = "cuda" if spec.num_gpus > 0 else "cpu"
+        options = dict(
+            name=f"model-{spec.name}",
+            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+            user_config=args.batching.model_dump(),
+            max_ongoing_requests=spec.max_ongoing_requests,
+            max_queued_requests=spec.max_queued_requests,
+        )
+        if spec.num_replicas == "auto":
+            options["num_replicas"] = "auto"
+        else:
+            options["num_replicas"] = int(spec.num_replicas)
+        handles[spec.name] = ModelDeployment.options(**options).bind(
+            spec.name, spec.path, spec.resolved_pairs(), device, spec.threads, spec.dtype)
+        pairs.update({p: spec.name for p in spec.resolved_pairs()})
+    return Ingress.options(num_replicas=args.ingress_replicas).bind(handles, pairs)

@@ -1,0 +1,233 @@
+"""Ray Serve deployment hosting one model (one directory, one or more language pairs).
+
+A request's texts are split into sentences, tokenized, and cut into chunks that fit the token
+budget; chunks from concurrent requests meet in `@serve.batch` (dynamic request batching) and
+run through the engine on a single worker thread, so the event loop keeps accepting requests.
+Batching knobs are live-tunable through `user_config` (`reconfigure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from ray import serve
+
+from model.decoding import Hypothesis
+from model.generation import GenerationSettings
+from model.translator import Translator
+from service import text as textlib
+from service.engine import BatchStats, Engine, SentenceTask
+from service.schemas import LIMITS, TranslationJob
+from service.settings import BatchingConfig
+
+log = logging.getLogger("ray.serve")
+
+WARMUP_TEXT = "Hello."
+# Every sentence's output is capped relative to its source (a * source tokens + b), so a
+# degenerate repetition loop ends early instead of holding its batch for max_length steps.
+LENGTH_CAP_A, LENGTH_CAP_B = 2.5, 10
+STUCK_AFTER_S = 120.0  # a batch running longer than this means the replica is wedged
+
+
+@dataclass
+class Chunk:
+    """Consecutive sentences of one request that go into one dynamic batch together."""
+
+    tasks: list[SentenceTask]
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def cost(self) -> int:
+        return sum(len(t.ids) * t.settings.beam_size for t in self.tasks)
+
+
+@dataclass
+class ChunkResult:
+    hypotheses: list[list[Hypothesis]]
+    queue_s: float
+    compute_s: float
+
+
+@dataclass
+class SentenceOut:
+    text: str
+    score: float
+    alternatives: list[str]
+
+
+@dataclass
+class JobResult:
+    texts: list[str]
+    scores: list[float | None]
+    alternatives: list[list[str]]
+    sentences: int
+    input_tokens: int
+    output_tokens: int
+    queue_s: float
+    compute_s: float
+
+
+def job_settings(default: GenerationSettings, job: TranslationJob) -> GenerationSettings:
+    """The model's defaults, overridden by the request's options, with the service's length cap."""
+    beam = job.beam_size or max(default.beam_size, job.num_alternatives + 1)
+    settings = default.override(beam_size=beam, num_hypotheses=job.num_alternatives + 1,
+                                length_penalty=job.length_penalty, max_length=job.max_length)
+    if settings.max_length_a is None:
+        settings = settings.override(max_length_a=LENGTH_CAP_A, max_length_b=LENGTH_CAP_B)
+    return settings
+
+
+def chunk_cost(chunks: list[Chunk]) -> int:
+    return sum(c.cost for c in chunks)
+
+
+def make_chunks(tasks: list[SentenceTask], budget: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    current: list[SentenceTask] = []
+    cost = 0
+    for task in tasks:
+        c = len(task.ids) * task.settings.beam_size
+        if current and cost + c > budget:
+            chunks.append(Chunk(current))
+            current, cost = [], 0
+        current.append(task)
+        cost += c
+    if current:
+        chunks.append(Chunk(current))
+    return chunks
+
+
+@serve.deployment(name="model", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30)
+class ModelDeployment:
+    def __init__(self, name: str, path: str, pairs: list[str], device: str | None = None, threads: int = 0,
+                 dtype: str | None = None) -> None:
+        torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1)
+        self.name, self.pairs = name, pairs
+        torch_dtype = getattr(torch, dtype) if dtype else None
+        self.translator = Translator(path, device=device, dtype=torch_dtype)
+        self.tokenizer = self.translator.tokenizer
+        self.batching = BatchingConfig()
+        self.engine = Engine(self.translator.model, max_batch_tokens=self.batching.max_batch_tokens,
+                             max_batch_sentences=self.batching.max_batch_sentences)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.batch_started: float | None = None  # monotonic start of the batch on the engine thread
+        from service.metrics import ModelMetrics  # needs a Ray worker: imported here, not at module level
+
+        self.metrics = ModelMetrics(name)
+        # Warm up: the first call pays one-time costs (allocator, kernels) before readiness.
+        self.translator.translate_batch([WARMUP_TEXT], target_lang=self._first_target())
+        self.ready_at = time.time()
+
+    def _first_target(self) -> str | None:
+        return self.pairs[0].split("-")[1] if self.pairs else None
+
+    # -- configuration --------------------------------------------------------------------------
+    def reconfigure(self, config: dict) -> None:
+        self.batching = BatchingConfig(**config)
+        self._run_batch.set_max_batch_size(self.batching.max_batch_tokens)
+        self._run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+        self.engine.max_batch_tokens = self.batching.max_batch_tokens
+        self.engine.max_batch_sentences = self.batching.max_batch_sentences
+
+    # -- health -----------------------------------------------------------------------------------
+    async def check_health(self) -> None:
+        """Fails when the engine thread is wedged, or (when idle) cannot translate a word."""
+        started = self.batch_started
+        if started is not None:
+            if time.monotonic() - started > STUCK_AFTER_S:
+                raise RuntimeError(f"a batch has been running for over {STUCK_AFTER_S:.0f}s")
+            return  # busy and progressing: a translation is the health check
+        ids = self.tokenizer.encode_batch([WARMUP_TEXT], target_lang=self.translator.resolve_target(
+            self._first_target()))[0]
+        task = SentenceTask(ids, self.translator.settings.override(beam_size=1, max_length=8))
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(self.executor, self.engine.run, [task]), timeout=20)
+
+    def info(self) -> dict:
+        model = self.translator.model
+        p = next(model.parameters())
+        return {
+            "name": self.name, "pairs": self.pairs, "path": str(self.translator.path),
+            "parameters": sum(x.numel() for x in model.parameters()), "device": str(p.device),
+            "dtype": str(p.dtype).removeprefix("torch."), "max_source_tokens": LIMITS.max_sentence_tokens,
+            "default_beam_size": self.translator.settings.beam_size,
+        }
+
+    # -- translation ------------------------------------------------------------------------------
+    def _too_long(self, target: str | None):
+        limit = min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens)
+
+        def check(sentence: str) -> bool:
+            return len(self.tokenizer.encode_batch([sentence], target_lang=target)[0]) > limit
+
+        return check
+
+    def tasks_for(self, job: TranslationJob) -> tuple[list[list[textlib.Segment]], list[SentenceTask]]:
+        target = self.translator.resolve_target(job.target_lang)
+        too_long = self._too_long(target)
+        documents = []
+        for t in job.texts:
+            segments = [part for seg in textlib.split(t) for part in textlib.split_long(seg, too_long)]
+            documents.append(segments)
+        sentences = [s.text for segs in documents for s in segs if s.text]
+        settings = job_settings(self.translator.settings, job)
+        ids = self.tokenizer.encode_batch(sentences, target_lang=target) if sentences else []
+        return documents, [SentenceTask(i, settings) for i in ids]
+
+    async def translate(self, job: TranslationJob) -> JobResult:
+        documents, tasks = self.tasks_for(job)
+        chunks = make_chunks(tasks, self.batching.max_batch_tokens)
+        results = await asyncio.gather(*(self._run_batch(c) for c in chunks))
+        hyps = [h for r in results for h in r.hypotheses]
+        outs = iter(self._sentence(h) for h in hyps)
+        texts, scores, alternatives = [], [], []
+        n_alt = job.num_alternatives
+        for segments in documents:
+            sent = [next(outs) if s.text else None for s in segments]
+            texts.append(textlib.join(segments, [o.text if o else "" for o in sent]))
+            real = [o for o in sent if o]
+            scores.append(sum(o.score for o in real) / len(real) if real else None)
+            alternatives.append([
+                textlib.join(segments, [(o.alternatives[j] if j < len(o.alternatives) else o.text) if o else ""
+                                        for o in sent])
+                for j in range(n_alt) if any(o and j < len(o.alternatives) for o in sent)
+            ])
+        return JobResult(
+            texts, scores, alternatives, sentences=len(tasks), input_tokens=sum(len(t.ids) for t in tasks),
+            output_tokens=sum(len(h[0].tokens) for h in hyps),
+            queue_s=max((r.queue_s for r in results), default=0.0),
+            compute_s=max((r.compute_s for r in results), default=0.0),
+        )
+
+    def _sentence(self, nbest: list[Hypothesis]) -> SentenceOut:
+        texts = self.tokenizer.decode_batch([h.tokens for h in nbest])
+        return SentenceOut(texts[0], nbest[0].score, texts[1:])
+
+    @serve.batch(max_batch_size=BatchingConfig().max_batch_tokens, batch_wait_timeout_s=0.005,
+                 batch_size_fn=chunk_cost)
+    async def _run_batch(self, chunks: list[Chunk]) -> list[ChunkResult]:
+        start = time.monotonic()
+        tasks = [t for c in chunks for t in c.tasks]
+        loop = asyncio.get_running_loop()
+        hyps, stats = await loop.run_in_executor(self.executor, self._engine_run, tasks)
+        compute = sum(s.encode_s + s.decode_s for s in stats)
+        waits = [start - c.enqueued for c in chunks]
+        self.metrics.record_batch(len(chunks), waits, stats)
+        out, i = [], 0
+        for c, wait in zip(chunks, waits):
+            out.append(ChunkResult(hyps[i : i + len(c.tasks)], wait, compute))
+            i += len(c.tasks)
+        return out
+
+    def _engine_run(self, tasks: list[SentenceTask]) -> tuple[list[list[Hypothesis]], list[BatchStats]]:
+        self.batch_started = time.monotonic()
+        try:
+            return self.engine.run(tasks)
+        finally:
+            self.batch_started = None

@@ -1,0 +1,51 @@
+"""`make serve`: start Ray on 127.0.0.1 and serve the app on http://127.0.0.1:8000 until Ctrl-C.
+
+    python -m service.run [--port 8000] [--metrics-port 8080] [--model DIR --pairs en-de,de-en]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import ray
+from ray import serve
+
+from model.translator import EMBEDDED_MODEL
+from service.app import AppArgs, ModelSpec, build_app
+
+HOST = "127.0.0.1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus export port")
+    parser.add_argument("--model", default=str(EMBEDDED_MODEL))
+    parser.add_argument("--pairs", default=None, help="comma-separated, e.g. en-de,de-en (default: from the model)")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per model replica (0: all cores)")
+    args = parser.parse_args(argv)
+
+    ray.init(_node_ip_address=HOST, include_dashboard=False, _metrics_export_port=args.metrics_port,
+             configure_logging=False)
+    serve.start(http_options={"host": HOST, "port": args.port})
+    spec = ModelSpec(name="embedded" if args.model == str(EMBEDDED_MODEL) else "custom", path=args.model,
+                     pairs=args.pairs.split(",") if args.pairs else None, num_replicas=args.replicas,
+                     threads=args.threads)
+    serve.run(build_app(AppArgs(models=[spec])), name="mt", route_prefix="/")
+    url = f"http://{HOST}:{args.port}"
+    print(f"\nmt-serve is up: {url}  (API docs: {url}/docs, metrics: http://{HOST}:{args.metrics_port}/metrics)")
+    print(f"try:\n  curl -s {url}/v1/translate -H 'Content-Type: application/json' "
+          "-d '{\"text\": \"A dog runs across the beach.\", \"source_lang\": \"en\", \"target_lang\": \"de\"}'\n")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

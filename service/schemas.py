@@ -1,0 +1,170 @@
+"""The wire schema: request and response bodies of the HTTP API (pydantic v2).
+
+Requests forbid unknown fields and carry their bounds, so the OpenAPI document at /docs states
+every limit. A request becomes an engine job in exactly one place: `TranslateRequest.to_job()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from service.settings import Limits
+
+LIMITS = Limits()
+LangCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$", max_length=10)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=LIMITS.max_chars)
+
+
+@dataclass(frozen=True)
+class TranslationJob:
+    """What the model deployment needs to know about one request (the engine-facing view)."""
+
+    texts: tuple[str, ...]
+    source_lang: str
+    target_lang: str
+    beam_size: int | None
+    max_length: int | None
+    num_alternatives: int
+    length_penalty: float | None
+    timeout_s: float
+
+
+class TranslateRequest(_Strict):
+    text: str | Annotated[list[str], Field(min_length=1, max_length=LIMITS.max_items)] = Field(
+        description=f"A text or a list of texts (1 to {LIMITS.max_items}); together at most "
+        f"{LIMITS.max_chars} characters. Long texts are split into sentences and put back together.",
+        examples=["A dog runs across the beach."],
+    )
+    source_lang: LangCode = Field(examples=["en"])
+    target_lang: LangCode = Field(examples=["de"])
+    beam_size: int | None = Field(None, ge=1, le=LIMITS.max_beam_size,
+                                  description="beam width; default: the model's (1 = greedy)")
+    max_length: int | None = Field(None, ge=1, le=LIMITS.max_output_tokens,
+                                   description="most output tokens per sentence")
+    num_alternatives: int = Field(0, ge=0, le=LIMITS.max_alternatives,
+                                  description="extra translations from the beam, best first")
+    return_scores: bool = Field(False, description="include the model's score (mean log-probability per token)")
+    length_penalty: float | None = Field(None, ge=0.0, le=5.0,
+                                         description="beam score = log p / length ** length_penalty")
+    timeout: float | None = Field(None, gt=0, le=LIMITS.max_timeout_s,
+                                  description=f"seconds before the request is abandoned with 504 "
+                                  f"(default {LIMITS.default_timeout_s})")
+
+    @field_validator("text")
+    @classmethod
+    def _total_chars(cls, value: str | list[str]) -> str | list[str]:
+        total = len(value) if isinstance(value, str) else sum(len(t) for t in value)
+        if total > LIMITS.max_chars:
+            raise ValueError(f"must be at most {LIMITS.max_chars} characters in all. Given: {total}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TranslateRequest:
+        if self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang must differ. Given: both {self.source_lang!r}")
+        if self.beam_size is not None and self.num_alternatives >= self.beam_size:
+            raise ValueError(f"num_alternatives must be < beam_size ({self.beam_size}). "
+                             f"Given: {self.num_alternatives}")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
+    def to_job(self) -> TranslationJob:
+        return TranslationJob(
+            texts=tuple(self.texts), source_lang=self.source_lang, target_lang=self.target_lang,
+            beam_size=self.beam_size, max_length=self.max_length, num_alternatives=self.num_alternatives,
+            length_penalty=self.length_penalty, timeout_s=self.timeout or LIMITS.default_timeout_s,
+        )
+
+
+class Translation(BaseModel):
+    text: str
+    score: float | None = Field(None, description="mean over the text's sentences (with return_scores)")
+    alternatives: list[str] | None = None
+
+
+class Usage(BaseModel):
+    sentences: int
+    input_tokens: int
+    output_tokens: int
+
+
+class Timings(BaseModel):
+    total_s: float = Field(description="from arrival at the ingress to the response")
+    queue_s: float = Field(description="longest wait of this request's sentences before their batch started")
+    compute_s: float = Field(description="encoder + decoder time of the batches that carried this request")
+
+
+class TranslateResponse(BaseModel):
+    translations: list[Translation] = Field(description="one per input text, in input order")
+    model: str
+    source_lang: str
+    target_lang: str
+    usage: Usage
+    timings: Timings
+
+
+class ModelInfo(BaseModel):
+    name: str
+    pairs: list[str]
+    path: str
+    parameters: int
+    device: str
+    dtype: str
+    max_source_tokens: int
+    default_beam_size: int
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+    bound: Any | None = None
+    given: Any | None = None
+
+
+class ErrorBody(BaseModel):
+    code: int
+    type: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- LibreTranslate compatibility ------------------------------------------------------------
+class LibreTranslateRequest(BaseModel):
+    """LibreTranslate's POST /translate body (JSON or form)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # LibreTranslate clients send extras
+
+    q: str | Annotated[list[str], Field(min_length=1, max_length=LIMITS.max_items)]
+    source: str = Field(max_length=10)
+    target: str = Field(max_length=10)
+    format: Literal["text", "html"] = "text"
+    alternatives: int = Field(0, ge=0, le=LIMITS.max_alternatives)
+    api_key: str | None = Field(None, max_length=256)
+
+    @field_validator("q")
+    @classmethod
+    def _total_chars(cls, value: str | list[str]) -> str | list[str]:
+        return TranslateRequest._total_chars(value)
+
+
+class LibreLanguage(BaseModel):
+    code: str
+    name: str
+    targets: list[str]

@@ -1,0 +1,45 @@
+"""Service settings: every limit with an explicit default, read once at start-up.
+
+Environment variables with the prefix `MT_` override the defaults (MT_MAX_CHARS=50000 ...);
+a bad value stops the service at start-up, never a request.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Limits(BaseSettings):
+    """What one request may ask for. These bounds appear in the OpenAPI schema."""
+
+    model_config = SettingsConfigDict(env_prefix="MT_", extra="ignore", frozen=True)
+
+    max_chars: int = Field(20_000, ge=1, description="characters per request, all items together")
+    max_items: int = Field(128, ge=1, description="items in a list of texts")
+    max_sentence_tokens: int = Field(200, ge=8, description="tokens per sentence; longer ones are split")
+    max_beam_size: int = Field(8, ge=1, le=16)
+    max_output_tokens: int = Field(512, ge=8, description="upper bound for max_length")
+    max_alternatives: int = Field(4, ge=0, description="upper bound for num_alternatives")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size (413 beyond)")
+    max_json_depth: int = Field(8, ge=2, description="nesting depth of a JSON body")
+    default_timeout_s: float = Field(60.0, gt=0, description="deadline of a request that sets none")
+    max_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may set")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Limits:
+        if self.max_alternatives >= self.max_beam_size + 1:
+            raise ValueError("max_alternatives must be < max_beam_size (alternatives come from the beam)")
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must be <= max_timeout_s")
+        return self
+
+
+class BatchingConfig(BaseSettings):
+    """Request-level dynamic batching; live-tunable through the deployment's user_config."""
+
+    model_config = SettingsConfigDict(env_prefix="MT_BATCH_", extra="forbid")
+
+    max_batch_tokens: int = Field(4096, ge=64, description="token budget of one batch (source tokens x beam)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    max_batch_sentences: int = Field(64, ge=1, description="sentences decoded together at most")
