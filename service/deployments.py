@@ -160,24 +160,18 @@ class ModelDeployment:
         }
 
     # -- translation ------------------------------------------------------------------------------
-    def _too_long(self, target: str | None):
-        limit = min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens)
-
-        def check(sentence: str) -> bool:
-            return len(self.tokenizer.encode_batch([sentence], target_lang=target)[0]) > limit
-
-        return check
-
     def tasks_for(self, job: TranslationJob) -> tuple[list[list[textlib.Segment]], list[SentenceTask]]:
+        """Documents as segments, and one task per sentence (over-long sentences split at safe points)."""
         target = self.translator.resolve_target(job.target_lang)
-        too_long = self._too_long(target)
-        documents = []
-        for t in job.texts:
-            segments = [part for seg in textlib.split(t) for part in textlib.split_long(seg, too_long)]
-            documents.append(segments)
-        sentences = [s.text for segs in documents for s in segs if s.text]
+        limit = min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens)
+        encode = self.tokenizer.encode_batch
+        documents = [textlib.split(t) for t in job.texts]
+        ids = encode([s.text for segs in documents for s in segs if s.text], target_lang=target)
+        if any(len(x) > limit for x in ids):  # rare: re-split only then, and tokenize again
+            documents = [[part for seg in segs for part in textlib.split_long(
+                seg, lambda text: len(encode([text], target_lang=target)[0]) > limit)] for segs in documents]
+            ids = encode([s.text for segs in documents for s in segs if s.text], target_lang=target)
         settings = job_settings(self.translator.settings, job)
-        ids = self.tokenizer.encode_batch(sentences, target_lang=target) if sentences else []
         return documents, [SentenceTask(i, settings) for i in ids]
 
     async def translate(self, job: TranslationJob) -> JobResult:

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import marian_config, save_hf_model, tiny_model_dir
@@ -30,3 +34,55 @@ def hf_checkpoint(request, tmp_path_factory) -> tuple[Path, object]:
 def tiny_model(tmp_path_factory) -> Path:
     """A Marian directory with a real sentencepiece tokenizer and random weights."""
     return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+# -- the real Ray Serve app on 127.0.0.1, serving the tiny model -------------------------------
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    metrics_url: str
+    model_dir: Path
+    metrics_port: int
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60), **kw)
+
+
+@pytest.fixture(scope="session")
+def service(tiny_model) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from service.app import AppArgs, ModelSpec, build_app
+    from service.settings import BatchingConfig
+
+    http_port, metrics_port = free_port(), free_port()
+    ray.init(_node_ip_address=HOST, num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port,
+             configure_logging=False, _system_config={"metrics_report_interval_ms": 1000})
+    serve.start(http_options={"host": HOST, "port": http_port})
+    spec = ModelSpec(name="tiny", path=str(tiny_model), pairs=["en-de", "de-en"], num_cpus=1, threads=1)
+    # A generous wait so concurrent test requests meet in one batch.
+    args = AppArgs(models=[spec], batching=BatchingConfig(batch_wait_timeout_s=0.05))
+    serve.run(build_app(args), name="mt", route_prefix="/")
+    try:
+        yield Service(f"http://{HOST}:{http_port}", f"http://{HOST}:{metrics_port}/metrics", tiny_model, metrics_port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    """The same model, in-process, without Ray or HTTP."""
+    from model.translator import Translator
+
+    return Translator(tiny_model, device="cpu")

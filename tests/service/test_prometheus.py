@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.metrics import EXPORTED
-from tests.service.conftest import HOST, free_port
+from tests.conftest import HOST, free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
