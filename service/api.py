@@ -19,11 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.errors import RequestRejected
+from service.gate import GateConfig, Gatekeeper, load_keys
 from service.languages import detect_language, language_name
-from service.limits import BodyLimitMiddleware
 from service.schemas import (
     LIMITS,
     ErrorResponse,
@@ -40,38 +42,55 @@ from service.schemas import (
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
-    for code, desc in ((404, "unknown language pair"), (413, "request too large"), (422, "invalid input"),
-                       (504, "deadline passed"))
+    for code, desc in ((401, "missing or wrong API key (when keys are configured)"),
+                       (404, "unknown language pair"), (413, "request too large"), (415, "not JSON"),
+                       (422, "invalid input"), (429, "rate limit exceeded; see Retry-After"),
+                       (503, "overloaded; see Retry-After"), (504, "deadline passed"))
 }
+RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
+
+def limits_description() -> str:
+    rows = "\n".join(f"| `{name}` | {getattr(LIMITS, name)} | {field.description or ''} |"
+                     for name, field in type(LIMITS).model_fields.items())
+    return ("Every limit, with its value on this server (set with `MT_<NAME>` environment variables):\n\n"
+            "| limit | value | meaning |\n| --- | --- | --- |\n" + rows + "\n\n"
+            "Status codes: 400 malformed HTTP, 401 missing/wrong API key, 404 unknown language pair or route, "
+            "405 wrong method, 413 too large, 415 not JSON, 422 invalid input, 429 rate limited (Retry-After), "
+            "503 overloaded (Retry-After), 504 deadline passed. Never 500 for anything a client sent.")
+
 
 app = FastAPI(
     title="mt-serve",
     version="0.1.0",
     summary="Neural machine translation (Marian/OPUS-MT Transformers) served by Ray Serve.",
+    description=limits_description(),
     responses=ERRORS,
 )
-app.add_middleware(BodyLimitMiddleware, max_bytes=LIMITS.max_body_bytes)
+GATE = GateConfig(max_bytes=LIMITS.max_body_bytes, max_depth=LIMITS.max_json_depth)
+app.add_middleware(Gatekeeper, config=GATE)
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, type_: str, message: str, **detail: Any) -> None:
+    def __init__(self, code: int, type_: str, message: str, headers: dict[str, str] | None = None,
+                 **detail: Any) -> None:
         super().__init__(message)
-        self.code, self.type, self.message = code, type_, message
+        self.code, self.type, self.message, self.headers = code, type_, message, headers
         self.details = [dict(message=message, **detail)] if detail else []
 
 
 def error_response(code: int, type_: str, message: str, details: list[dict] | None = None,
-                   libre: bool = False) -> JSONResponse:
+                   libre: bool = False, headers: dict[str, str] | None = None) -> JSONResponse:
     if libre:
-        return JSONResponse({"error": message}, status_code=code)
+        return JSONResponse({"error": message}, status_code=code, headers=headers)
     body = {"error": {"code": code, "type": type_, "message": message, "details": details or []}}
-    return JSONResponse(body, status_code=code)
+    return JSONResponse(body, status_code=code, headers=headers)
 
 
 def _short(value: Any) -> Any:
-    """Echo a given value back only in a bounded form."""
-    if isinstance(value, str) and len(value) > 64:
-        return value[:64] + "..."
+    """Echo a given value back only in a bounded, encodable form (lone surrogates escaped)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value[:64] + "..." if len(value) > 64 else value
     if isinstance(value, (list, dict)):
         return f"<{type(value).__name__} of {len(value)}>"
     return value
@@ -123,12 +142,12 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     types = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
     return error_response(exc.status_code, types.get(exc.status_code, "http_error"), str(exc.detail),
-                          libre=_libre(request))
+                          libre=_libre(request), headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(ApiError)
 async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.code, exc.type, exc.message, exc.details, libre=_libre(request))
+    return error_response(exc.code, exc.type, exc.message, exc.details, libre=_libre(request), headers=exc.headers)
 
 
 @app.exception_handler(Exception)
@@ -140,7 +159,15 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 @serve.deployment(name="ingress", max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, models: dict[str, DeploymentHandle], pairs: dict[str, str]) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], pairs: dict[str, str],
+                 api_keys_file: str | None = None, rate_limit_per_minute: int | None = None) -> None:
+        from service.settings import Security
+
+        security = Security()
+        keys = load_keys(security.api_keys.get_secret_value() if security.api_keys else None,
+                         api_keys_file or security.api_keys_file)
+        GATE.secure(keys, rate_limit_per_minute if rate_limit_per_minute is not None
+                    else security.rate_limit_per_minute)
         self.models = models
         self.pairs = pairs  # "en-de" -> model name
         from service.metrics import IngressMetrics  # needs a Ray worker
@@ -164,9 +191,17 @@ class Ingress:
         try:
             return await asyncio.wait_for(response, timeout=job.timeout_s)
         except TimeoutError:
-            response.cancel()
+            response.cancel()  # the model drops the work: a cancelled request leaves its batch queue
             raise ApiError(504, "deadline_exceeded", f"translation did not finish within {job.timeout_s}s",
                            field="timeout", bound=job.timeout_s) from None
+        except asyncio.CancelledError:
+            response.cancel()  # the client went away: stop its work too
+            raise
+        except BackPressureError:
+            raise ApiError(503, "overloaded", "the model's queue is full; retry later",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except RequestRejected as exc:
+            raise ApiError(exc.code, exc.type, exc.message) from None
 
     async def _observed(self, route: str, pair: str, work):
         started = time.perf_counter()

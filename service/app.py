@@ -39,6 +39,10 @@ class AppArgs(BaseModel):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="embedded", path=str(EMBEDDED_MODEL))])
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     ingress_replicas: int = Field(1, ge=1)
+    ingress_max_queued_requests: int = Field(512, ge=-1, description="beyond this the proxy answers 503")
+    # Where keys come from (a mounted Secret); the keys themselves never appear in args.
+    api_keys_file: str | None = None
+    rate_limit_per_minute: int | None = Field(None, ge=0, description="texts per minute per API key")
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:
@@ -72,4 +76,6 @@ def build_app(args: AppArgs) -> Application:
         handles[spec.name] = ModelDeployment.options(**options).bind(
             spec.name, spec.path, spec.resolved_pairs(), device, spec.threads, spec.dtype)
         pairs.update({p: spec.name for p in spec.resolved_pairs()})
-    return Ingress.options(num_replicas=args.ingress_replicas).bind(handles, pairs)
+    return Ingress.options(num_replicas=args.ingress_replicas,
+                           max_queued_requests=args.ingress_max_queued_requests).bind(
+        handles, pairs, args.api_keys_file, args.rate_limit_per_minute)

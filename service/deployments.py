@@ -23,6 +23,7 @@ from model.generation import GenerationSettings
 from model.translator import Translator
 from service import text as textlib
 from service.engine import BatchStats, Engine, SentenceTask
+from service.errors import RequestRejected
 from service.schemas import LIMITS, TranslationJob
 from service.settings import BatchingConfig
 
@@ -52,6 +53,7 @@ class ChunkResult:
     hypotheses: list[list[Hypothesis]]
     queue_s: float
     compute_s: float
+    error: str | None = None  # this chunk failed alone; the others in its batch did not
 
 
 @dataclass
@@ -155,22 +157,34 @@ class ModelDeployment:
         return {
             "name": self.name, "pairs": self.pairs, "path": str(self.translator.path),
             "parameters": sum(x.numel() for x in model.parameters()), "device": str(p.device),
-            "dtype": str(p.dtype).removeprefix("torch."), "max_source_tokens": LIMITS.max_sentence_tokens,
+            "dtype": str(p.dtype).removeprefix("torch."), "max_source_tokens": min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens),
             "default_beam_size": self.translator.settings.beam_size,
         }
 
     # -- translation ------------------------------------------------------------------------------
     def tasks_for(self, job: TranslationJob) -> tuple[list[list[textlib.Segment]], list[SentenceTask]]:
-        """Documents as segments, and one task per sentence (over-long sentences split at safe points)."""
+        """Documents as segments, and one task per translatable sentence (over-long ones split).
+
+        A segment is translatable when something visible is left of it; the rest (blank,
+        zero-width or bidi controls only) passes through unchanged."""
         target = self.translator.resolve_target(job.target_lang)
         limit = min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens)
         encode = self.tokenizer.encode_batch
         documents = [textlib.split(t) for t in job.texts]
-        ids = encode([s.text for segs in documents for s in segs if s.text], target_lang=target)
+
+        def sentences() -> list[str]:
+            return [v for segs in documents for s in segs if (v := textlib.visible(s.text))]
+
+        ids = encode(sentences(), target_lang=target)
         if any(len(x) > limit for x in ids):  # rare: re-split only then, and tokenize again
             documents = [[part for seg in segs for part in textlib.split_long(
-                seg, lambda text: len(encode([text], target_lang=target)[0]) > limit)] for segs in documents]
-            ids = encode([s.text for segs in documents for s in segs if s.text], target_lang=target)
+                seg, lambda text: len(encode([textlib.visible(text)], target_lang=target)[0]) > limit)]
+                for segs in documents]
+            ids = encode(sentences(), target_lang=target)
+        total = sum(map(len, ids))
+        if total > LIMITS.max_request_tokens:
+            raise RequestRejected(413, "request_too_large", f"the request has {total} source tokens; at most "
+                                  f"{LIMITS.max_request_tokens} are allowed. Send fewer or shorter texts")
         settings = job_settings(self.translator.settings, job)
         return documents, [SentenceTask(i, settings) for i in ids]
 
@@ -178,19 +192,21 @@ class ModelDeployment:
         documents, tasks = self.tasks_for(job)
         chunks = make_chunks(tasks, self.batching.max_batch_tokens)
         results = await asyncio.gather(*(self._run_batch(c) for c in chunks))
+        failed = next((r.error for r in results if r.error), None)
+        if failed:
+            raise RequestRejected(422, "untranslatable_input", f"the text could not be translated: {failed}")
         hyps = [h for r in results for h in r.hypotheses]
         outs = iter(self._sentence(h) for h in hyps)
         texts, scores, alternatives = [], [], []
-        n_alt = job.num_alternatives
         for segments in documents:
-            sent = [next(outs) if s.text else None for s in segments]
-            texts.append(textlib.join(segments, [o.text if o else "" for o in sent]))
+            sent = [next(outs) if textlib.visible(s.text) else None for s in segments]
+            texts.append(textlib.join(segments, [o.text if o else s.text for o, s in zip(sent, segments)]))
             real = [o for o in sent if o]
             scores.append(sum(o.score for o in real) / len(real) if real else None)
             alternatives.append([
-                textlib.join(segments, [(o.alternatives[j] if j < len(o.alternatives) else o.text) if o else ""
-                                        for o in sent])
-                for j in range(n_alt) if any(o and j < len(o.alternatives) for o in sent)
+                textlib.join(segments, [(o.alternatives[j] if j < len(o.alternatives) else o.text) if o else s.text
+                                        for o, s in zip(sent, segments)])
+                for j in range(job.num_alternatives) if any(o and j < len(o.alternatives) for o in sent)
             ])
         return JobResult(
             texts, scores, alternatives, sentences=len(tasks), input_tokens=sum(len(t.ids) for t in tasks),
@@ -207,21 +223,24 @@ class ModelDeployment:
                  batch_size_fn=chunk_cost)
     async def _run_batch(self, chunks: list[Chunk]) -> list[ChunkResult]:
         start = time.monotonic()
-        tasks = [t for c in chunks for t in c.tasks]
         loop = asyncio.get_running_loop()
-        hyps, stats = await loop.run_in_executor(self.executor, self._engine_run, tasks)
+        results, stats = await loop.run_in_executor(self.executor, self._engine_run, [c.tasks for c in chunks])
         compute = sum(s.encode_s + s.decode_s for s in stats)
         waits = [start - c.enqueued for c in chunks]
         self.metrics.record_batch(len(chunks), waits, stats)
-        out, i = [], 0
-        for c, wait in zip(chunks, waits):
-            out.append(ChunkResult(hyps[i : i + len(c.tasks)], wait, compute))
-            i += len(c.tasks)
+        out = []
+        for result, wait in zip(results, waits):
+            if isinstance(result, Exception):
+                log.warning("a request failed alone in its batch: %s", type(result).__name__)
+                out.append(ChunkResult([], wait, compute, error=type(result).__name__))
+            else:
+                out.append(ChunkResult(result, wait, compute))
         return out
 
-    def _engine_run(self, tasks: list[SentenceTask]) -> tuple[list[list[Hypothesis]], list[BatchStats]]:
+    def _engine_run(self, groups: list[list[SentenceTask]]
+                    ) -> tuple[list[list[list[Hypothesis]] | Exception], list[BatchStats]]:
         self.batch_started = time.monotonic()
         try:
-            return self.engine.run(tasks)
+            return self.engine.run_isolated(groups)
         finally:
             self.batch_started = None

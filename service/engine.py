@@ -8,6 +8,7 @@ budget: rows x longest source x beam.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,6 +19,17 @@ from model.decoding import Hypothesis, decode, encode
 from model.generation import GenerationSettings
 from model.transformer import Transformer
 from model.translator import pad_batch
+
+MIN_BATCH_TOKENS = 256  # the token budget never shrinks below this after running out of memory
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower() \
+        or "can't allocate memory" in str(exc).lower()
+
+
+def _finite(nbest: list[Hypothesis]) -> bool:
+    return all(math.isfinite(h.score) for h in nbest)
 
 
 @dataclass(frozen=True)
@@ -75,13 +87,49 @@ class Engine:
     def run(self, tasks: list[SentenceTask]) -> tuple[list[list[Hypothesis]], list[BatchStats]]:
         """All tasks, batched; results in task order."""
         results: list[list[Hypothesis]] = [[] for _ in tasks]
-        stats = []
+        stats: list[BatchStats] = []
         for batch in self.plan(tasks):
-            hyps, st = self.run_batch([tasks[i] for i in batch])
-            for i, h in zip(batch, hyps):
+            for i, h in zip(batch, self._run_splitting([tasks[i] for i in batch], stats)):
                 results[i] = h
-            stats.append(st)
         return results, stats
+
+    def _run_splitting(self, tasks: list[SentenceTask], stats: list[BatchStats]) -> list[list[Hypothesis]]:
+        """One batch; when memory runs out, halve it (and the token budget) instead of failing."""
+        try:
+            hyps, st = self.run_batch(tasks)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc) or len(tasks) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.max_batch_tokens = max(MIN_BATCH_TOKENS, self.max_batch_tokens // 2)
+            half = len(tasks) // 2
+            return self._run_splitting(tasks[:half], stats) + self._run_splitting(tasks[half:], stats)
+        stats.append(st)
+        return hyps
+
+    def run_isolated(self, groups: list[list[SentenceTask]]
+                     ) -> tuple[list[list[list[Hypothesis]] | Exception], list[BatchStats]]:
+        """Groups (one per request) batched together. A group whose rows score NaN fails by itself;
+        if the batch raises, each group is run alone so only the group at fault gets the error."""
+        try:
+            hyps, stats = self.run([t for g in groups for t in g])
+        except Exception as exc:
+            if len(groups) == 1:
+                return [exc], []
+            out: list[list[list[Hypothesis]] | Exception] = []
+            stats = []
+            for g in groups:
+                result, st = self.run_isolated([g])
+                out += result
+                stats += st
+            return out, stats
+        out, i = [], 0
+        for g in groups:
+            part = hyps[i : i + len(g)]
+            i += len(g)
+            out.append(part if all(_finite(h) for h in part) else ValueError("the model produced non-finite scores"))
+        return out, stats
 
     @torch.inference_mode()
     def run_batch(self, tasks: list[SentenceTask]) -> tuple[list[list[Hypothesis]], BatchStats]:

@@ -6,6 +6,7 @@ every limit. A request becomes an engine job in exactly one place: `TranslateReq
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,25 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from service.settings import Limits
 
 LIMITS = Limits()
+# C0 controls other than tab/newline/carriage return, DEL, and lone UTF-16 surrogates: not text.
+NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def check_text(value: str | list[str]) -> str | list[str]:
+    """Total length within bounds; no control characters or lone surrogates (422 names the spot)."""
+    texts = [value] if isinstance(value, str) else value
+    total = sum(len(t) for t in texts)
+    if total > LIMITS.max_chars:
+        raise ValueError(f"must be at most {LIMITS.max_chars} characters in all. Given: {total}")
+    for n, t in enumerate(texts):
+        bad = NOT_TEXT.search(t)
+        if bad:
+            where = f"item {n}, " if isinstance(value, list) else ""
+            char = bad.group()
+            kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+            raise ValueError(f"contains {kind} U+{ord(char):04X} at {where}index {bad.start()}. "
+                             "Send text only (tab, newline and carriage return are allowed)")
+    return value
 LangCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$", max_length=10)]
 
 
@@ -56,13 +76,7 @@ class TranslateRequest(_Strict):
                                   description=f"seconds before the request is abandoned with 504 "
                                   f"(default {LIMITS.default_timeout_s})")
 
-    @field_validator("text")
-    @classmethod
-    def _total_chars(cls, value: str | list[str]) -> str | list[str]:
-        total = len(value) if isinstance(value, str) else sum(len(t) for t in value)
-        if total > LIMITS.max_chars:
-            raise ValueError(f"must be at most {LIMITS.max_chars} characters in all. Given: {total}")
-        return value
+    _check_text = field_validator("text")(check_text)
 
     @model_validator(mode="after")
     def _cross_field(self) -> TranslateRequest:
@@ -158,10 +172,7 @@ class LibreTranslateRequest(BaseModel):
     alternatives: int = Field(0, ge=0, le=LIMITS.max_alternatives)
     api_key: str | None = Field(None, max_length=256)
 
-    @field_validator("q")
-    @classmethod
-    def _total_chars(cls, value: str | list[str]) -> str | list[str]:
-        return TranslateRequest._total_chars(value)
+    _check_text = field_validator("q")(check_text)
 
 
 class LibreLanguage(BaseModel):

@@ -6,7 +6,7 @@ a bad value stops the service at start-up, never a request.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,7 @@ class Limits(BaseSettings):
     max_alternatives: int = Field(4, ge=0, description="upper bound for num_alternatives")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size (413 beyond)")
     max_json_depth: int = Field(8, ge=2, description="nesting depth of a JSON body")
+    max_request_tokens: int = Field(8192, ge=64, description="source tokens per request, all sentences together")
     default_timeout_s: float = Field(60.0, gt=0, description="deadline of a request that sets none")
     max_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may set")
 
@@ -43,3 +44,14 @@ class BatchingConfig(BaseSettings):
     max_batch_tokens: int = Field(4096, ge=64, description="token budget of one batch (source tokens x beam)")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
     max_batch_sentences: int = Field(64, ge=1, description="sentences decoded together at most")
+
+
+class Security(BaseSettings):
+    """API keys and rate limits. Keys come from the environment or a file (a mounted Secret),
+    never from values files, logs or metric labels."""
+
+    model_config = SettingsConfigDict(env_prefix="MT_", extra="ignore")
+
+    api_keys: SecretStr | None = Field(None, description="comma-separated keys (MT_API_KEYS)")
+    api_keys_file: str | None = Field(None, description="a file with one key per line (MT_API_KEYS_FILE)")
+    rate_limit_per_minute: int = Field(0, ge=0, description="texts per minute per key; 0: no limit")

@@ -102,3 +102,12 @@ def split_long(segment: Segment, too_long, max_chars_fallback: int = 200) -> lis
     left = Segment(segment.before, head_core, head[len(head_core):])
     right = Segment("", tail, segment.after)
     return split_long(left, too_long, max_chars_fallback) + split_long(right, too_long, max_chars_fallback)
+
+
+# Zero-width characters and bidi controls: invisible, and they only confuse the tokenizer.
+INVISIBLE = re.compile("[\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def visible(text: str) -> str:
+    """The text the model should see: invisible formatting characters removed."""
+    return INVISIBLE.sub("", text).strip()
