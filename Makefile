@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST := 127.0.0.1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv sysdeps serve translate test test-all lint typecheck train evaluate bench bench-http gpu-check loadtest clean
+.PHONY: venv sysdeps serve translate test test-all test-deploy chart-files lint typecheck train evaluate bench bench-http gpu-check loadtest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: venv sysdeps
 
 test-all: venv sysdeps
 	$(BIN)/python -m pytest
+
+## Docker image, Helm chart, alerts and dashboard, offline (no Docker, no cluster)
+test-deploy: venv sysdeps
+	$(BIN)/python -m pytest -q tests/deploy
+
+## Copy the canonical alerts and dashboard (deploy/) into the chart, which cannot read outside helm/
+chart-files:
+	cp deploy/prometheus/rules.yaml helm/files/prometheus-rules.yaml
+	cp deploy/grafana/mt-serve.json helm/files/grafana-mt-serve.json
 
 lint: venv
 	$(BIN)/ruff check .

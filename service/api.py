@@ -29,6 +29,7 @@ from service.languages import detect_language, language_name
 from service.schemas import (
     LIMITS,
     ErrorResponse,
+    LibreError,
     LibreLanguage,
     LibreTranslateRequest,
     ModelInfo,
@@ -47,6 +48,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (422, "invalid input"), (429, "rate limit exceeded; see Retry-After"),
                        (503, "overloaded; see Retry-After"), (504, "deadline passed"))
 }
+LIBRE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": LibreError, "description": v["description"]} for code, v in ERRORS.items()}
 RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
 
 def limits_description() -> str:
@@ -266,7 +269,7 @@ class Ingress:
         return JSONResponse({"status": "ready", "models": sorted(self.models), "pairs": sorted(self.pairs)})
 
     # -- LibreTranslate compatibility -----------------------------------------------------------------
-    @app.post("/translate", tags=["libretranslate"], openapi_extra={
+    @app.post("/translate", tags=["libretranslate"], responses=LIBRE_ERRORS, openapi_extra={
         "requestBody": {"content": {
             "application/json": {"schema": LibreTranslateRequest.model_json_schema()},
             "application/x-www-form-urlencoded": {"schema": LibreTranslateRequest.model_json_schema()},
@@ -322,7 +325,7 @@ class Ingress:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(422, "invalid_request", f"body is not valid JSON or form data: {exc}") from None
 
-    @app.get("/languages", response_model=list[LibreLanguage], tags=["libretranslate"])
+    @app.get("/languages", response_model=list[LibreLanguage], tags=["libretranslate"], responses=LIBRE_ERRORS)
     async def languages(self) -> list[LibreLanguage]:
         """LibreTranslate's /languages: each source language with the targets it translates into."""
         targets: dict[str, list[str]] = {}

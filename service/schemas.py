@@ -38,7 +38,8 @@ LangCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Za-z]{2,4}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=LIMITS.max_chars)
+    # strict: 1.0 is not an int and 0 is not a bool; a client gets told, not silently coerced.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=LIMITS.max_chars, strict=True)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TranslateRequest(_Strict):
     return_scores: bool = Field(False, description="include the model's score (mean log-probability per token)")
     length_penalty: float | None = Field(None, ge=0.0, le=5.0,
                                          description="beam score = log p / length ** length_penalty")
-    timeout: float | None = Field(None, gt=0, le=LIMITS.max_timeout_s,
+    timeout: float | None = Field(None, ge=1.0, le=LIMITS.max_timeout_s,
                                   description=f"seconds before the request is abandoned with 504 "
                                   f"(default {LIMITS.default_timeout_s})")
 
@@ -173,6 +174,12 @@ class LibreTranslateRequest(BaseModel):
     api_key: str | None = Field(None, max_length=256)
 
     _check_text = field_validator("q")(check_text)
+
+
+class LibreError(BaseModel):
+    """LibreTranslate's error body."""
+
+    error: str
 
 
 class LibreLanguage(BaseModel):

@@ -13,7 +13,7 @@ from service.schemas import LIMITS
 OK = {"source_lang": "en", "target_lang": "de"}
 
 
-def body(**fields) -> bytes:  # noqa: ANN003
+def body(**fields) -> bytes:
     return json.dumps({**OK, **fields}).encode()
 
 

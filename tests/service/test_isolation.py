@@ -47,7 +47,7 @@ def test_poisoned_batch(service):
     assert codes == [200] * 100
 
 
-def _in_flight(service) -> float:  # noqa: ANN001
+def _in_flight(service) -> float:
     text = httpx.get(service.metrics_url, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("ray_mt_requests_in_flight{"))

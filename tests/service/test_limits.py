@@ -13,7 +13,7 @@ OK = {"source_lang": "en", "target_lang": "de", "beam_size": 1}
 WORDS = "the man and the dog in the park "  # common pieces: about 4 characters per token
 
 
-def post(service, payload=None, raw=None, **kw):  # noqa: ANN001,ANN003,ANN201
+def post(service, payload=None, raw=None, **kw):
     with service.client() as c:
         if raw is not None:
             return c.post("/v1/translate", content=raw, headers={"content-type": "application/json"})
@@ -83,7 +83,7 @@ def test_json_depth_bound(service):
     assert r.status_code == 422 and f"at most {LIMITS.max_json_depth} levels deep" in r.text
 
 
-def _tokens(reference, text: str) -> int:  # noqa: ANN001
+def _tokens(reference, text: str) -> int:
     return len(reference.tokenizer.encode_batch([text], target_lang="de")[0])
 
 

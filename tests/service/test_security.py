@@ -14,7 +14,7 @@ OPEN = {"/healthz", "/readyz"}
 
 
 @pytest.fixture(scope="module")
-def secure(service, tmp_path_factory):  # noqa: ANN201
+def secure(service, tmp_path_factory):
     from ray import serve
 
     from service.app import AppArgs, ModelSpec, build_app
@@ -28,7 +28,7 @@ def secure(service, tmp_path_factory):  # noqa: ANN201
     serve.delete("secure")
 
 
-def routes(router=fastapi_app) -> list[tuple[str, str]]:  # noqa: ANN001
+def routes(router=fastapi_app) -> list[tuple[str, str]]:
     """(method, path) of every route of the app, included routers too (Serve includes ours)."""
     out = []
     for route in router.routes:
