@@ -157,7 +157,8 @@ class ModelDeployment:
         return {
             "name": self.name, "pairs": self.pairs, "path": str(self.translator.path),
             "parameters": sum(x.numel() for x in model.parameters()), "device": str(p.device),
-            "dtype": str(p.dtype).removeprefix("torch."), "max_source_tokens": min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens),
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "max_source_tokens": min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens),
             "default_beam_size": self.translator.settings.beam_size,
         }
 
