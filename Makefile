@@ -69,8 +69,10 @@ gpu-check: venv
 	$(BIN)/python -m pytest -m cuda -q
 	$(BIN)/python -m loadtests.bench_engine --device cuda --quick
 
+## Load test (Locust) against the service on the embedded model: make loadtest SHAPE=step|steady|spike
+## [LOADTEST_ARGS="--duration 60 --model DIR --slo-scale 2"]; the report goes to reports/<shape>-<timestamp>/
 loadtest: venv
-	$(BIN)/python -m loadtests.run --shape $(or $(SHAPE),step)
+	$(BIN)/python -m loadtests.run --shape $(or $(SHAPE),step) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

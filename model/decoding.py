@@ -33,12 +33,15 @@ def row_limits(src_ids: Tensor, pad_id: int, settings: GenerationSettings, max_p
     return torch.tensor([min(settings.row_limit(n), max_positions) for n in lengths], dtype=torch.long)
 
 
-def process(logp: Tensor, step: int, limits: Tensor, settings: GenerationSettings, eos: int) -> Tensor:
-    """Bans and forced tokens on (R, V) log-probs at `step` (0-based); limits is (R,)."""
+def process(logp: Tensor, step: int | Tensor, limits: Tensor, settings: GenerationSettings, eos: int) -> Tensor:
+    """Bans and forced tokens on (R, V) log-probs; `step` (0-based) is one int or one per row."""
     if settings.banned_ids:
         logp[:, list(settings.banned_ids)] = float("-inf")
-    if step < settings.min_length:
-        logp[:, eos] = float("-inf")
+    if isinstance(step, int):
+        if step < settings.min_length:
+            logp[:, eos] = float("-inf")
+    elif settings.min_length:
+        logp[step < settings.min_length, eos] = float("-inf")
     if settings.forced_eos:
         last = limits == step + 1
         if bool(last.any()):
@@ -98,100 +101,154 @@ def greedy(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Tensor,
             rows, tokens, limits = rows[keep], tokens[keep], limits[keep]
             cache = cache.select(keep, step + 1)
     return [
-        [_hypothesis(out[i, : int(lengths[i])].tolist(), float(log_prob[i]), eos, settings.length_penalty)]
+        [to_hypothesis(out[i, : int(lengths[i])].tolist(), float(log_prob[i]), eos, settings.length_penalty)]
         for i in range(n)
     ]
+
+
+class BeamState:
+    """Beam search bookkeeping for N sentences of beam K, as transformers' `_beam_search` does it.
+
+    `step()` takes the (N*K, V) processed log-probs of the sentences' rows (row i*K+b belongs to
+    sentence i) and returns the next tokens, which row each new row continues (for reordering
+    the cache) and which sentences are done. Sentences may be at different steps, with their own
+    length penalty and limit: batched beam search holds one batch of them, continuous batching
+    one state per beam size that sentences join and leave, so both give the same tokens."""
+
+    def __init__(self, k: int, max_len: int, pad: int, device: torch.device, early_stopping: bool = False) -> None:
+        self.k, self.max_len, self.pad, self.device, self.early = k, max_len, pad, device, early_stopping
+        self.top_k_mask = torch.arange(2 * k, device=device) < k
+        self.run_scores = torch.zeros(0, k, device=device)
+        self.run_seq = torch.zeros(0, k, max_len, dtype=torch.long, device=device)
+        self.fin_scores = torch.zeros(0, k, device=device)
+        self.fin_seq = torch.zeros(0, k, max_len, dtype=torch.long, device=device)
+        self.fin_len = torch.zeros(0, k, dtype=torch.long, device=device)
+        self.fin_logp = torch.zeros(0, k, device=device)
+        self.fin_done = torch.zeros(0, k, dtype=torch.bool, device=device)
+        self.unsatisfied = torch.zeros(0, dtype=torch.bool, device=device)
+        self.steps = torch.zeros(0, dtype=torch.long, device=device)  # tokens generated so far
+        self.limits = torch.zeros(0, dtype=torch.long, device=device)  # most tokens, EOS included
+        self.penalty = torch.zeros(0, dtype=torch.float64, device=device)  # length penalty
+
+    @property
+    def n(self) -> int:
+        return self.steps.numel()
+
+    def add(self, limits: list[int], penalties: list[float]) -> None:
+        """New sentences, at step 0."""
+        n, k, dev = len(limits), self.k, self.device
+        start = torch.zeros(n, k, device=dev)
+        start[:, 1:] = NEG  # only the first beam is live at the start
+        seq = torch.full((n, k, self.max_len), self.pad, dtype=torch.long, device=dev)
+        self.run_scores = torch.cat((self.run_scores, start))
+        self.run_seq = torch.cat((self.run_seq, seq))
+        self.fin_scores = torch.cat((self.fin_scores, torch.full((n, k), NEG, device=dev)))
+        self.fin_seq = torch.cat((self.fin_seq, seq))
+        self.fin_len = torch.cat((self.fin_len, torch.zeros(n, k, dtype=torch.long, device=dev)))
+        self.fin_logp = torch.cat((self.fin_logp, torch.zeros(n, k, device=dev)))
+        self.fin_done = torch.cat((self.fin_done, torch.zeros(n, k, dtype=torch.bool, device=dev)))
+        self.unsatisfied = torch.cat((self.unsatisfied, torch.ones(n, dtype=torch.bool, device=dev)))
+        self.steps = torch.cat((self.steps, torch.zeros(n, dtype=torch.long, device=dev)))
+        self.limits = torch.cat((self.limits, torch.tensor(limits, dtype=torch.long, device=dev)))
+        self.penalty = torch.cat((self.penalty, torch.tensor(penalties, dtype=torch.float64, device=dev)))
+
+    def step(self, logp: Tensor, eos: int) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (next tokens (N*K,), row each new row continues (N*K,), done (N,))."""
+        k, max_len, dev = self.k, self.max_len, self.device
+        n = self.n
+        vocab = logp.shape[-1]
+        # Lengths ** penalty in float64, then float32: what `x / (length ** penalty)` does in transformers.
+        denom = ((self.steps + 1).double() ** self.penalty).float()[:, None]  # (N, 1)
+        cand = (logp.view(-1, k, vocab) + self.run_scores[:, :, None]).view(-1, k * vocab)  # (N, K*V)
+        top_scores, top_idx = cand.topk(2 * k)  # (N, 2K)
+        src_beam, top_tok = top_idx // vocab, top_idx % vocab
+        last = (self.limits == self.steps + 1)[:, None]  # (N, 1): the sentence's length limit is reached
+        hits = (top_tok == eos) | last
+        cand_seq = self.run_seq.gather(1, src_beam[:, :, None].expand(-1, -1, max_len))  # (N, 2K, T)
+        cand_seq[torch.arange(n, device=dev)[:, None], torch.arange(2 * k, device=dev)[None, :],
+                 self.steps[:, None]] = top_tok
+
+        # Running beams for the next step: the best K that did not just end.
+        run_cand = top_scores + hits.float() * NEG
+        nxt = run_cand.topk(k).indices
+        self.run_scores = run_cand.gather(1, nxt)
+        self.run_seq = cand_seq.gather(1, nxt[:, :, None].expand(-1, -1, max_len))
+        run_src = src_beam.gather(1, nxt)
+        tokens = top_tok.gather(1, nxt).view(-1)
+
+        # Finished hypotheses: merge the ones that just ended (among the top K) into the best K.
+        norm = top_scores / denom
+        if self.early:
+            norm = norm + self.fin_done.all(1, keepdim=True).float() * NEG
+        norm = norm + (~self.unsatisfied)[:, None].float() * NEG
+        just = hits & self.top_k_mask[None, :]
+        norm = norm + (~just).float() * NEG
+        merged = torch.cat((self.fin_scores, norm), 1)
+        pick = merged.topk(k).indices
+        self.fin_scores = merged.gather(1, pick)
+        self.fin_seq = torch.cat((self.fin_seq, cand_seq), 1).gather(1, pick[:, :, None].expand(-1, -1, max_len))
+        self.fin_len = torch.cat((self.fin_len, (self.steps + 1)[:, None].expand_as(top_tok)), 1).gather(1, pick)
+        self.fin_logp = torch.cat((self.fin_logp, top_scores), 1).gather(1, pick)
+        self.fin_done = torch.cat((self.fin_done, just), 1).gather(1, pick)
+
+        # Can any running beam still beat the worst finished one? (transformers' heuristic)
+        best_running = self.run_scores[:, :1] / denom
+        worst = torch.where(self.fin_done, self.fin_scores.min(1, keepdim=True).values,
+                            torch.full_like(self.fin_scores, NEG))
+        self.unsatisfied = self.unsatisfied & (best_running > worst).any(1) & ~last[:, 0]
+        done = ~self.unsatisfied
+        if self.early:
+            done = done | self.fin_done.all(1)
+        self.steps = self.steps + 1
+        rows = (torch.arange(n, device=dev)[:, None] * k + run_src).view(-1)
+        return tokens, rows, done
+
+    def hypotheses(self, j: int, eos: int, count: int) -> list[Hypothesis]:
+        """The `count`-best of sentence j, best first."""
+        lp = float(self.penalty[j])
+        return [to_hypothesis(self.fin_seq[j, b, : int(self.fin_len[j, b])].tolist(), float(self.fin_logp[j, b]),
+                              eos, lp) for b in range(count)]
+
+    def keep(self, idx: Tensor) -> None:
+        """Drop every sentence not in `idx`."""
+        for name in ("run_scores", "run_seq", "fin_scores", "fin_seq", "fin_len", "fin_logp", "fin_done",
+                     "unsatisfied", "steps", "limits", "penalty"):
+            setattr(self, name, getattr(self, name)[idx])
 
 
 def beam_search(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Tensor,
                 settings: GenerationSettings) -> list[list[Hypothesis]]:
     cfg = model.cfg
-    eos, k, lp = cfg.eos_token_id, settings.beam_size, settings.length_penalty
+    eos, k = cfg.eos_token_id, settings.beam_size
     n, device = memory.shape[0], memory.device
     max_len = int(limits.max())
     expand = torch.arange(n, device=device).repeat_interleave(k)
     cache = model.start_cache(memory, src_bias, min(max_len, INITIAL_CACHE_LEN)).select(expand, 0)
-
     sent = torch.arange(n, device=device)  # original index of each live sentence
     tokens = torch.full((n * k,), cfg.decoder_start_token_id, dtype=torch.long, device=device)
-    run_scores = torch.zeros(n, k, device=device)
-    run_scores[:, 1:] = NEG  # only the first beam is live at the start
-    run_seq = torch.full((n, k, max_len), cfg.pad_token_id, dtype=torch.long, device=device)
-    fin_scores = torch.full((n, k), NEG, device=device)
-    fin_seq = run_seq.clone()
-    fin_len = torch.zeros(n, k, dtype=torch.long, device=device)
-    fin_logp = torch.zeros(n, k, device=device)
-    fin_done = torch.zeros(n, k, dtype=torch.bool, device=device)
-    unsatisfied = torch.ones(n, dtype=torch.bool, device=device)
-    top_k_mask = torch.arange(2 * k, device=device) < k
+    beams = BeamState(k, max_len, cfg.pad_token_id, device, settings.early_stopping)
+    beams.add(limits.tolist(), [settings.length_penalty] * n)
     results: list[list[Hypothesis]] = [[] for _ in range(n)]
-
     for step in range(max_len):
         cache.reserve(step + 1, max_len)
         logits = model.decode_step(tokens, step, cache)
-        row_limits_ = limits.repeat_interleave(k)
-        logp = process(torch.log_softmax(logits, -1), step, row_limits_, settings, eos)
-        vocab = logp.shape[-1]
-        cand = (logp.view(-1, k, vocab) + run_scores[:, :, None]).view(-1, k * vocab)  # (N, K*V)
-        top_scores, top_idx = cand.topk(2 * k)  # (N, 2K)
-        src_beam, top_tok = top_idx // vocab, top_idx % vocab
-        last = (limits == step + 1)[:, None]  # (N, 1): the row's length limit is reached
-        hits = (top_tok == eos) | last
-        cand_seq = run_seq.gather(1, src_beam[:, :, None].expand(-1, -1, max_len)).clone()  # (N, 2K, T)
-        cand_seq[:, :, step] = top_tok
-
-        # Running beams for the next step: the best K that did not just end.
-        run_cand = top_scores + hits.float() * NEG
-        nxt = run_cand.topk(k).indices
-        run_scores = run_cand.gather(1, nxt)
-        run_seq = cand_seq.gather(1, nxt[:, :, None].expand(-1, -1, max_len))
-        run_src = src_beam.gather(1, nxt)
-        tokens = top_tok.gather(1, nxt).view(-1)
-
-        # Finished hypotheses: merge the ones that just ended (among the top K) into the best K.
-        norm = top_scores / float((step + 1) ** lp)
-        if settings.early_stopping:
-            norm = norm + fin_done.all(1, keepdim=True).float() * NEG
-        norm = norm + (~unsatisfied)[:, None].float() * NEG
-        just = hits & top_k_mask[None, :]
-        norm = norm + (~just).float() * NEG
-        merged = torch.cat((fin_scores, norm), 1)
-        pick = merged.topk(k).indices
-        fin_scores = merged.gather(1, pick)
-        fin_seq = torch.cat((fin_seq, cand_seq), 1).gather(1, pick[:, :, None].expand(-1, -1, max_len))
-        fin_len = torch.cat((fin_len, torch.full_like(top_tok, step + 1)), 1).gather(1, pick)
-        fin_logp = torch.cat((fin_logp, top_scores), 1).gather(1, pick)
-        fin_done = torch.cat((fin_done, just), 1).gather(1, pick)
-
-        rows = (torch.arange(run_src.shape[0], device=device)[:, None] * k + run_src).view(-1)
+        logp = process(torch.log_softmax(logits, -1), step, limits.repeat_interleave(k), settings, eos)
+        tokens, rows, done = beams.step(logp, eos)
         cache.reorder_self(rows, step + 1)
-
-        # Can any running beam still beat the worst finished one? (transformers' heuristic)
-        best_running = run_scores[:, :1] / float((step + 1) ** lp)
-        worst = torch.where(fin_done, fin_scores.min(1, keepdim=True).values, torch.full_like(fin_scores, NEG))
-        unsatisfied = unsatisfied & (best_running > worst).any(1) & ~last[:, 0]
-        done = ~unsatisfied
-        if settings.early_stopping:
-            done = done | fin_done.all(1)
         if bool(done.any()):
             for j in done.nonzero().squeeze(1).tolist():
-                results[int(sent[j])] = [
-                    _hypothesis(fin_seq[j, b, : int(fin_len[j, b])].tolist(), float(fin_logp[j, b]), eos, lp)
-                    for b in range(settings.num_hypotheses)
-                ]
+                results[int(sent[j])] = beams.hypotheses(j, eos, settings.num_hypotheses)
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            sent, limits, unsatisfied = sent[keep], limits[keep], unsatisfied[keep]
-            run_scores, run_seq, tokens = run_scores[keep], run_seq[keep], tokens.view(-1, k)[keep].view(-1)
-            fin_scores, fin_seq, fin_len, fin_logp, fin_done = (
-                fin_scores[keep], fin_seq[keep], fin_len[keep], fin_logp[keep], fin_done[keep])
-            keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
-            cache = cache.select(keep_rows, step + 1)
+            sent, limits = sent[keep], limits[keep]
+            beams.keep(keep)
+            tokens = tokens.view(-1, k)[keep].view(-1)
+            cache = cache.select((keep[:, None] * k + torch.arange(k, device=device)).view(-1), step + 1)
     return results
 
 
-def _hypothesis(ids: list[int], log_prob: float, eos: int, length_penalty: float) -> Hypothesis:
+def to_hypothesis(ids: list[int], log_prob: float, eos: int, length_penalty: float) -> Hypothesis:
     length = len(ids)
     if ids and ids[-1] == eos:
         ids = ids[:-1]

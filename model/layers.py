@@ -5,6 +5,7 @@ Shapes: B batch, S source length, T target length, D model dim.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -68,13 +69,22 @@ class DecoderLayer(nn.Module):
         x = self.cross_attn_norm(x + self.drop(self.cross_attn(x, k, v, src_bias)))
         return self.ffn_norm(x + self.drop(self.ffn(x)))
 
-    def step(self, x: Tensor, pos: int, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
-             src_bias: Tensor) -> Tensor:
-        """One new position for every row; x: (B, 1, D). Writes this position's K/V into the cache."""
+    def step(self, x: Tensor, pos: int | Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
+             src_bias: Tensor, self_bias: Tensor | None = None) -> Tensor:
+        """One new position for every row; x: (B, 1, D). Writes this position's K/V into the cache.
+
+        `pos` is one position for all rows, or (B,) positions (continuous batching: rows started
+        at different times); then `self_bias` masks each row's cache beyond its own position."""
         q, k, v = self.self_attn.project(x)  # (B, H, 1, Dh)
-        self_k[:, :, pos : pos + 1] = k
-        self_v[:, :, pos : pos + 1] = v
-        h = attend(q, self_k[:, :, : pos + 1], self_v[:, :, : pos + 1], None)
+        if isinstance(pos, int):
+            self_k[:, :, pos : pos + 1] = k
+            self_v[:, :, pos : pos + 1] = v
+            self_k, self_v = self_k[:, :, : pos + 1], self_v[:, :, : pos + 1]
+        else:
+            rows = torch.arange(x.shape[0], device=x.device)
+            self_k[rows, :, pos] = k[:, :, 0]
+            self_v[rows, :, pos] = v[:, :, 0]
+        h = attend(q, self_k, self_v, self_bias)
         x = self.self_attn_norm(x + self.self_attn.out(merge_heads(h)))
         q = split_heads(self.cross_attn.q(x), self.cross_attn.heads)
         h = attend(q, cross_k, cross_v, src_bias)

@@ -79,10 +79,14 @@ class Transformer(nn.Module):
         ks, vs = zip(*(layer.cross_attn.project_memory(memory) for layer in self.decoder))
         return KVCache.allocate(torch.stack(ks), torch.stack(vs), src_bias, max_len)  # (L, B, H, S, Dh)
 
-    def decode_step(self, tokens: Tensor, pos: int, cache: KVCache) -> Tensor:
-        """tokens (B,) at position `pos` -> next-token logits (B, V), in float32."""
-        x = self.dec_embed(tokens[:, None]) * self.embed_scale + self.positions[pos]  # (B, 1, D)
+    def decode_step(self, tokens: Tensor, pos: int | Tensor, cache: KVCache, self_bias: Tensor | None = None) -> Tensor:
+        """tokens (B,) at position `pos` (one int, or (B,) per row) -> next-token logits (B, V), float32.
+
+        With per-row positions the cache's self-attention buffers are the rows' live window and
+        `self_bias` (B, 1, 1, T) masks what lies beyond each row's position."""
+        pe = self.positions[pos] if isinstance(pos, int) else self.positions[pos][:, None]  # (D,) or (B, 1, D)
+        x = self.dec_embed(tokens[:, None]) * self.embed_scale + pe  # (B, 1, D)
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, pos, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
-                           cache.src_bias)
+                           cache.src_bias, self_bias)
         return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()

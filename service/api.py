@@ -10,13 +10,14 @@ The LibreTranslate-compatible routes answer in LibreTranslate's shapes ({"error"
 
 
 import asyncio
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -224,15 +225,21 @@ class Ingress:
             self.metrics.observe(route, pair, code, time.perf_counter() - started)
 
     # -- native API -----------------------------------------------------------------------------------
-    @app.post("/v1/translate", response_model=TranslateResponse, tags=["translate"])
-    async def translate(self, body: TranslateRequest) -> TranslateResponse:
+    @app.post("/v1/translate", response_model=TranslateResponse, tags=["translate"], responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "JSON, or with `stream: true` server-sent events: `start`, one `sentence` per "
+                             "sentence in document order (its `text` keeps the whitespace around it, so an item's "
+                             "texts concatenate to its translation), then `done`."}})
+    async def translate(self, body: TranslateRequest) -> Any:
         """Translate one text or a list of texts. Documents are split into sentences and rejoined."""
         started = time.perf_counter()
         pair = f"{body.source_lang}-{body.target_lang}"
         pair_label = pair if pair in self.pairs else "unknown"
 
-        async def work() -> TranslateResponse:
+        async def work() -> Any:
             name, handle = self._route(body.source_lang, body.target_lang)
+            if body.stream:
+                return await self._stream(handle, body.to_job())
             result = await self._run(handle, body.to_job())
             return TranslateResponse(
                 translations=[
@@ -248,6 +255,33 @@ class Ingress:
             )
 
         return await self._observed("/v1/translate", pair_label, work())
+
+    async def _stream(self, handle: DeploymentHandle, job: TranslationJob) -> StreamingResponse:
+        """Server-sent events; errors that come before the first event are still plain HTTP errors."""
+        events = handle.options(stream=True).translate_stream.remote(job)
+        try:
+            first = await asyncio.wait_for(events.__anext__(), timeout=job.timeout_s)
+        except TimeoutError:
+            events.cancel()
+            raise ApiError(504, "deadline_exceeded", f"translation did not start within {job.timeout_s}s",
+                           field="timeout", bound=job.timeout_s) from None
+        except RequestRejected as exc:
+            raise ApiError(exc.code, exc.type, exc.message) from None
+        except BackPressureError:
+            raise ApiError(503, "overloaded", "the model's queue is full; retry later",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+        async def sse() -> Any:
+            try:
+                yield f"data: {json.dumps(first)}\n\n"
+                async for event in events:
+                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            except RequestRejected as exc:
+                yield f"data: {json.dumps({'event': 'error', 'code': exc.code, 'message': exc.message})}\n\n"
+            finally:
+                events.cancel()  # the client stopped reading: the model withdraws the rest
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     async def list_models(self) -> ModelsResponse:
@@ -311,8 +345,6 @@ class Ingress:
                 form = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
                 data: Any = {k: (v if k == "q" and len(v) > 1 else v[0]) for k, v in form.items()}
             elif ctype in ("application/json", ""):
-                import json
-
                 data = json.loads(raw or b"null")
             else:
                 raise ApiError(415, "unsupported_media_type",

@@ -1,9 +1,13 @@
 """Ray Serve deployment hosting one model (one directory, one or more language pairs).
 
-A request's texts are split into sentences, tokenized, and cut into chunks that fit the token
-budget; chunks from concurrent requests meet in `@serve.batch` (dynamic request batching) and
-run through the engine on a single worker thread, so the event loop keeps accepting requests.
-Batching knobs are live-tunable through `user_config` (`reconfigure`).
+A request's texts are split into sentences and tokenized; each sentence then becomes a future
+that one of two batching modes resolves:
+- continuous: sentences join the running decoder batch at the next step and leave it as soon as
+  they finish (service/continuous.py, on its own thread);
+- request: sentences are cut into chunks that fit the token budget; chunks from concurrent
+  requests meet in `@serve.batch` and run through the engine on a single worker thread.
+Either way the event loop keeps accepting requests, and a cancelled request (deadline, client
+gone) withdraws its unfinished sentences. Knobs are live-tunable via `user_config`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,8 +28,10 @@ from model.decoding import Hypothesis
 from model.generation import GenerationSettings
 from model.translator import Translator
 from service import text as textlib
+from service.continuous import ContinuousEngine
 from service.engine import BatchStats, Engine, SentenceTask
 from service.errors import RequestRejected
+from service.scheduler import Callback, Cancelled
 from service.schemas import LIMITS, TranslationJob
 from service.settings import BatchingConfig
 
@@ -57,6 +65,15 @@ class ChunkResult:
 
 
 @dataclass
+class SentenceDone:
+    """One sentence's n-best and how long it waited for, and spent in, the decoder."""
+
+    hypotheses: list[Hypothesis]
+    queue_s: float
+    compute_s: float
+
+
+@dataclass
 class SentenceOut:
     text: str
     score: float
@@ -73,6 +90,63 @@ class JobResult:
     output_tokens: int
     queue_s: float
     compute_s: float
+
+
+def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, group: list) -> Callback:
+    """A continuous-engine callback (engine thread) that resolves `fut` on the event loop;
+    `group` receives the SequenceGroup once submitted (for its queue and decode times)."""
+
+    def resolve(result: list[Hypothesis] | BaseException) -> None:
+        finished = time.monotonic()
+        g = group[0] if group else None
+        admitted = g.admitted if g is not None and g.admitted is not None else finished
+        queue_s = admitted - g.arrived if g is not None else 0.0
+
+        def settle() -> None:
+            if fut.done():
+                return
+            if isinstance(result, Cancelled):
+                fut.cancel()
+            elif isinstance(result, BaseException):
+                fut.set_exception(RequestRejected(422, "untranslatable_input",
+                                                  f"the text could not be translated: {type(result).__name__}"))
+            else:
+                fut.set_result(SentenceDone(result, queue_s, finished - admitted))
+
+        loop.call_soon_threadsafe(settle)
+
+    return resolve
+
+
+def _fan_out(futures: list[asyncio.Future]) -> Callable[[asyncio.Future], None]:
+    """A chunk's result, spread over its sentences' futures."""
+
+    def spread(run: asyncio.Future) -> None:
+        if run.cancelled():
+            for f in futures:
+                f.cancel()
+            return
+        exc = run.exception()
+        result: ChunkResult | None = None if exc else run.result()
+        for n, f in enumerate(futures):
+            if f.done():
+                continue
+            if exc is not None:
+                f.set_exception(exc)
+            elif result is not None and result.error:
+                f.set_exception(RequestRejected(422, "untranslatable_input",
+                                                f"the text could not be translated: {result.error}"))
+            elif result is not None:
+                f.set_result(SentenceDone(result.hypotheses[n], result.queue_s, result.compute_s))
+
+    return spread
+
+
+def _retire(engine: ContinuousEngine) -> None:
+    """Let a replaced engine finish what it holds, then stop its thread."""
+    while not engine.idle():
+        time.sleep(0.1)
+    engine.stop()
 
 
 def job_settings(default: GenerationSettings, job: TranslationJob) -> GenerationSettings:
@@ -119,12 +193,33 @@ class ModelDeployment:
                              max_batch_sentences=self.batching.max_batch_sentences)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.batch_started: float | None = None  # monotonic start of the batch on the engine thread
-        from service.metrics import ModelMetrics  # needs a Ray worker: imported here, not at module level
+        from service.metrics import ContinuousMetrics, ModelMetrics  # need a Ray worker: imported here
 
         self.metrics = ModelMetrics(name)
+        self.continuous_metrics = ContinuousMetrics(self.metrics)
+        self.continuous: ContinuousEngine | None = None
+        self._start_continuous()
         # Warm up: the first call pays one-time costs (allocator, kernels) before readiness.
         self.translator.translate_batch([WARMUP_TEXT], target_lang=self._first_target())
         self.ready_at = time.time()
+
+    def _start_continuous(self) -> None:
+        """(Re)build the continuous engine when its shape changed; a replaced one finishes its work."""
+        b = self.batching
+        old = self.continuous
+        if old is not None and old.scheduler.slots == b.slots:
+            old.scheduler.max_encode_tokens = b.max_encode_tokens
+            old.scheduler.max_active_tokens = b.max_batch_tokens * 4
+            return
+        engine = ContinuousEngine(self.translator.model, slots=b.slots, max_active_tokens=b.max_batch_tokens * 4,
+                                  max_encode_tokens=b.max_encode_tokens,
+                                  max_source=min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens),
+                                  max_target=LIMITS.max_output_tokens)
+        engine.on_step.append(self.continuous_metrics.record_step)
+        engine.start()
+        self.continuous = engine
+        if old is not None:
+            threading.Thread(target=_retire, args=(old,), daemon=True).start()
 
     def _first_target(self) -> str | None:
         return self.pairs[0].split("-")[1] if self.pairs else None
@@ -136,10 +231,18 @@ class ModelDeployment:
         self._run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
         self.engine.max_batch_tokens = self.batching.max_batch_tokens
         self.engine.max_batch_sentences = self.batching.max_batch_sentences
+        self._start_continuous()
 
     # -- health -----------------------------------------------------------------------------------
     async def check_health(self) -> None:
-        """Fails when the engine thread is wedged, or (when idle) cannot translate a word."""
+        """Fails when an engine thread is wedged, or (when idle) cannot translate a word."""
+        engine = self.continuous
+        if engine is not None and (engine.thread is None or not engine.thread.is_alive()):
+            raise RuntimeError("the continuous-batching thread is not running")
+        if engine is not None and not engine.idle():
+            if time.monotonic() - engine.last_step > STUCK_AFTER_S:
+                raise RuntimeError(f"no decoder step for over {STUCK_AFTER_S:.0f}s")
+            return
         started = self.batch_started
         if started is not None:
             if time.monotonic() - started > STUCK_AFTER_S:
@@ -191,13 +294,13 @@ class ModelDeployment:
 
     async def translate(self, job: TranslationJob) -> JobResult:
         documents, tasks = self.tasks_for(job)
-        chunks = make_chunks(tasks, self.batching.max_batch_tokens)
-        results = await asyncio.gather(*(self._run_batch(c) for c in chunks))
-        failed = next((r.error for r in results if r.error), None)
-        if failed:
-            raise RequestRejected(422, "untranslatable_input", f"the text could not be translated: {failed}")
-        hyps = [h for r in results for h in r.hypotheses]
-        outs = iter(self._sentence(h) for h in hyps)
+        futures, cancel = self._submit(tasks)
+        try:
+            done: list[SentenceDone] = await asyncio.gather(*futures)
+        except BaseException:
+            cancel()  # deadline passed or client gone: withdraw what has not finished
+            raise
+        outs = iter(self._sentence(d.hypotheses) for d in done)
         texts, scores, alternatives = [], [], []
         for segments in documents:
             sent = [next(outs) if textlib.visible(s.text) else None for s in segments]
@@ -211,10 +314,66 @@ class ModelDeployment:
             ])
         return JobResult(
             texts, scores, alternatives, sentences=len(tasks), input_tokens=sum(len(t.ids) for t in tasks),
-            output_tokens=sum(len(h[0].tokens) for h in hyps),
-            queue_s=max((r.queue_s for r in results), default=0.0),
-            compute_s=max((r.compute_s for r in results), default=0.0),
+            output_tokens=sum(len(d.hypotheses[0].tokens) for d in done),
+            queue_s=max((d.queue_s for d in done), default=0.0),
+            compute_s=max((d.compute_s for d in done), default=0.0),
         )
+
+    async def translate_stream(self, job: TranslationJob):
+        """Each sentence, with the whitespace around it, as soon as it and those before it are done.
+
+        Concatenating the `text` of an item's events gives that item's translation."""
+        documents, tasks = self.tasks_for(job)
+        futures, cancel = self._submit(tasks)
+        pending = iter(futures)
+        started = time.monotonic()
+        try:
+            yield {"event": "start", "items": len(documents), "sentences": len(tasks)}
+            output_tokens = 0
+            for item, segments in enumerate(documents):
+                for index, seg in enumerate(segments):
+                    if textlib.visible(seg.text):
+                        done: SentenceDone = await next(pending)
+                        output_tokens += len(done.hypotheses[0].tokens)
+                        text = self._sentence(done.hypotheses).text
+                    else:
+                        text = seg.text
+                    yield {"event": "sentence", "item": item, "segment": index, "text": seg.before + text + seg.after}
+            yield {"event": "done", "sentences": len(tasks), "input_tokens": sum(len(t.ids) for t in tasks),
+                   "output_tokens": output_tokens, "seconds": time.monotonic() - started}
+        finally:
+            cancel()  # the client may stop reading early: nothing of this request keeps running
+
+    def _submit(self, tasks: list[SentenceTask]) -> tuple[list[asyncio.Future], Callable[[], None]]:
+        """One future per sentence (resolving to SentenceDone), and a function that cancels the rest."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in tasks]
+        if self.batching.mode == "continuous" and self.continuous is not None:
+            engine = self.continuous
+            groups = []
+            for task, fut in zip(tasks, futures):
+                holder: list = []
+                holder.append(engine.submit(task.ids, task.settings, _resolver(loop, fut, holder)))
+                groups.append(holder[0])
+
+            def cancel_groups() -> None:
+                for g in groups:
+                    engine.cancel(g)
+
+            return futures, cancel_groups
+        runs = []
+        i = 0
+        for chunk in make_chunks(tasks, self.batching.max_batch_tokens):
+            run = asyncio.ensure_future(self._run_batch(chunk))
+            run.add_done_callback(_fan_out(futures[i : i + len(chunk.tasks)]))
+            runs.append(run)
+            i += len(chunk.tasks)
+
+        def cancel_runs() -> None:
+            for run in runs:
+                run.cancel()  # a chunk cancelled before its batch starts leaves the batch queue
+
+        return futures, cancel_runs
 
     def _sentence(self, nbest: list[Hypothesis]) -> SentenceOut:
         texts = self.tokenizer.decode_batch([h.tokens for h in nbest])

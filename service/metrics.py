@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from service.continuous import StepStats
 from service.engine import BatchStats
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
@@ -37,6 +38,13 @@ EXPORTED = {
     "output_tokens": "ray_mt_output_tokens_total",
     "time_per_output_token": "ray_mt_time_per_output_token_seconds",
     "sentences": "ray_mt_sentences_total",
+    "slots_in_use": "ray_mt_slots_in_use",
+    "slots": "ray_mt_slots",
+    "cache_bytes": "ray_mt_kv_cache_bytes",
+    "cache_usage": "ray_mt_kv_cache_usage_ratio",
+    "waiting": "ray_mt_sentences_waiting",
+    "admitted_per_step": "ray_mt_admitted_per_step",
+    "step": "ray_mt_step_seconds",
 }
 
 
@@ -102,3 +110,38 @@ class ModelMetrics:
             if st.output_tokens:
                 self.output_tokens.inc(st.output_tokens, tags=self.tags)
             self.sentences.inc(st.sentences, tags=self.tags)
+
+
+class ContinuousMetrics:
+    """Recorded by a model replica in continuous mode: one observation per engine step."""
+
+    def __init__(self, shared: ModelMetrics) -> None:
+        tags = ("model",)
+        self.tags = shared.tags
+        # Queue wait and throughput are the same series in both modes.
+        self.queue_wait, self.output_tokens, self.sentences = shared.queue_wait, shared.output_tokens, shared.sentences
+        self.slots_in_use = Gauge("mt_slots_in_use", "decoder rows (slots) in use", tag_keys=tags)
+        self.slots = Gauge("mt_slots", "decoder rows (slots) in all", tag_keys=tags)
+        self.cache_bytes = Gauge("mt_kv_cache_bytes", "bytes of the preallocated KV cache", tag_keys=tags)
+        self.cache_usage = Gauge("mt_kv_cache_usage_ratio", "share of the KV cache rows in use", tag_keys=tags)
+        self.waiting = Gauge("mt_sentences_waiting", "sentences waiting for a slot", tag_keys=tags)
+        self.admitted = Histogram("mt_admitted_per_step", "sentences admitted between two decoder steps",
+                                  boundaries=COUNT_BUCKETS, tag_keys=tags)
+        self.step = Histogram("mt_step_seconds", "one engine step: admissions plus one decoder step",
+                              boundaries=STEP_BUCKETS, tag_keys=tags)
+
+    def record_step(self, st: StepStats) -> None:
+        t = self.tags
+        self.slots_in_use.set(st.rows, tags=t)
+        self.slots.set(st.slots, tags=t)
+        self.cache_bytes.set(st.cache_bytes, tags=t)
+        self.cache_usage.set(st.rows / st.slots, tags=t)
+        self.waiting.set(st.waiting, tags=t)
+        self.admitted.observe(st.admitted, tags=t)
+        self.step.observe(st.encode_s + st.decode_s, tags=t)
+        for wait in st.queue_waits:
+            self.queue_wait.observe(wait, tags=t)
+        if st.finished:
+            self.sentences.inc(st.finished, tags=t)
+        if st.output_tokens:
+            self.output_tokens.inc(st.output_tokens, tags=t)

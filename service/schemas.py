@@ -73,6 +73,7 @@ class TranslateRequest(_Strict):
     return_scores: bool = Field(False, description="include the model's score (mean log-probability per token)")
     length_penalty: float | None = Field(None, ge=0.0, le=5.0,
                                          description="beam score = log p / length ** length_penalty")
+    stream: bool = Field(False, description="answer with server-sent events, one per sentence, in document order")
     timeout: float | None = Field(None, ge=1.0, le=LIMITS.max_timeout_s,
                                   description=f"seconds before the request is abandoned with 504 "
                                   f"(default {LIMITS.default_timeout_s})")

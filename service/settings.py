@@ -6,6 +6,8 @@ a bad value stops the service at start-up, never a request.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,13 +39,20 @@ class Limits(BaseSettings):
 
 
 class BatchingConfig(BaseSettings):
-    """Request-level dynamic batching; live-tunable through the deployment's user_config."""
+    """How a model replica batches; live-tunable through the deployment's user_config.
+
+    mode "continuous": iteration-level batching (sentences join and leave the decoder batch at
+    every step); mode "request": request-level dynamic batching (`@serve.batch`)."""
 
     model_config = SettingsConfigDict(env_prefix="MT_BATCH_", extra="forbid")
 
+    mode: Literal["continuous", "request"] = "request"
     max_batch_tokens: int = Field(4096, ge=64, description="token budget of one batch (source tokens x beam)")
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
-    max_batch_sentences: int = Field(64, ge=1, description="sentences decoded together at most")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0, description="request mode: wait to fill a batch")
+    max_batch_sentences: int = Field(64, ge=1, description="request mode: sentences decoded together at most")
+    slots: int = Field(64, ge=8, description="continuous mode: decoder rows (a beam of k holds k)")
+    max_encode_tokens: int = Field(2048, ge=64,
+                                   description="continuous mode: source tokens encoded between two decoder steps")
 
 
 class Security(BaseSettings):

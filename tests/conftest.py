@@ -7,8 +7,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from tests.helpers import marian_config, save_hf_model, tiny_model_dir
+
+# Tests run tiny models: for them one thread is faster than two (no OpenMP hand-offs per op).
+torch.set_num_threads(1)
 
 # Three shapes of checkpoint the loader must handle: activations, tying, vocab layout, depth.
 CONFIGS = {

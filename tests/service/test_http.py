@@ -140,7 +140,7 @@ ERROR_CASES = [
     (422, {"text": "x" * (LIMITS.max_chars + 1), "source_lang": "en", "target_lang": "de"},
      f"must be at most {LIMITS.max_chars} characters"),
     (404, {"text": "hi", "source_lang": "en", "target_lang": "fr"}, "no model serves en-fr"),
-    (504, {"text": [" ".join(f"Sentence {i} of a long document." for i in range(30))] * 16, "source_lang": "en",
+    (504, {"text": [" ".join(f"Sentence {i} of a long document." for i in range(30))] * 8, "source_lang": "en",
            "target_lang": "de", "beam_size": 8, "max_length": 100, "timeout": 1.0}, "did not finish within"),
 ]
 
