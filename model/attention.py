@@ -20,13 +20,25 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * dh)  # (B, T, D)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool = False) -> Tensor:
-    """Scaled dot-product attention; `bias` is additive (0 or -inf), broadcast to (B, H, Tq, Tk)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool = False,
+           record: list[Tensor] | None = None, dropout: float = 0.0) -> Tensor:
+    """Scaled dot-product attention; `bias` is additive (0 or -inf), broadcast to (B, H, Tq, Tk).
+
+    With `record`, the softmax weights are computed explicitly and appended to it (for people
+    who want to look at them); without, the fused kernel runs and nothing is kept."""
+    if record is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, dropout_p=dropout)
+    if causal:
+        t = q.shape[-2]
+        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        bias = masked_bias(future[None], q.dtype)[0] if bias is None else bias + masked_bias(future[None], q.dtype)[0]
+    weights = attention_weights(q, k, bias)
+    record.append(weights)
+    return weights.to(v.dtype) @ v
 
 
 def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
-    """The softmax matrix that `attend` applies, for callers that want to look at it."""
+    """The softmax matrix (B, H, Tq, Tk) that `attend` applies, in float32."""
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
     if bias is not None:
         scores = scores + bias
@@ -47,10 +59,10 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None, causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None, causal: bool = False,
+                record: list[Tensor] | None = None) -> Tensor:
         q, k, v = self.project(x)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, dropout_p=p)
+        y = attend(q, k, v, bias, causal, record, self.dropout if self.training else 0.0)
         return self.out(merge_heads(y))
 
 
@@ -69,10 +81,10 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return split_heads(k, self.heads), split_heads(v, self.heads)  # (B, H, S, Dh) each
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
+                record: list[Tensor] | None = None) -> Tensor:
         q = split_heads(self.q(x), self.heads)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
+        y = attend(q, k, v, bias, False, record, self.dropout if self.training else 0.0)
         return self.out(merge_heads(y))
 
 

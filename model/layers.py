@@ -45,8 +45,9 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, src_bias: Tensor) -> Tensor:
-        x = self.self_attn_norm(x + self.drop(self.self_attn(x, src_bias)))
+    def forward(self, x: Tensor, src_bias: Tensor, record: dict[str, list[Tensor]] | None = None) -> Tensor:
+        rec = record["encoder"] if record is not None else None
+        x = self.self_attn_norm(x + self.drop(self.self_attn(x, src_bias, record=rec)))
         return self.ffn_norm(x + self.drop(self.ffn(x)))
 
 
@@ -62,11 +63,13 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, src_bias: Tensor) -> Tensor:
-        """Teacher-forced pass over the whole target (training, and the no-cache reference)."""
-        x = self.self_attn_norm(x + self.drop(self.self_attn(x, causal=True)))
+    def forward(self, x: Tensor, memory: Tensor, src_bias: Tensor,
+                record: dict[str, list[Tensor]] | None = None) -> Tensor:
+        """Teacher-forced pass over the whole target (training, attention maps, the no-cache reference)."""
+        rec_self, rec_cross = (record["decoder"], record["cross"]) if record is not None else (None, None)
+        x = self.self_attn_norm(x + self.drop(self.self_attn(x, causal=True, record=rec_self)))
         k, v = self.cross_attn.project_memory(memory)
-        x = self.cross_attn_norm(x + self.drop(self.cross_attn(x, k, v, src_bias)))
+        x = self.cross_attn_norm(x + self.drop(self.cross_attn(x, k, v, src_bias, record=rec_cross)))
         return self.ffn_norm(x + self.drop(self.ffn(x)))
 
     def step(self, x: Tensor, pos: int | Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,

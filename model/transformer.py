@@ -50,27 +50,31 @@ class Transformer(nn.Module):
     def source_bias(self, src_ids: Tensor) -> Tensor:
         return masked_bias(src_ids == self.cfg.pad_token_id, self.positions.dtype)  # (B, 1, 1, S)
 
-    def encode(self, src_ids: Tensor, src_bias: Tensor | None = None) -> Tensor:
-        """src_ids (B, S) -> memory (B, S, D)."""
+    def encode(self, src_ids: Tensor, src_bias: Tensor | None = None,
+               record: dict[str, list[Tensor]] | None = None) -> Tensor:
+        """src_ids (B, S) -> memory (B, S, D). `record` collects attention weights per layer."""
         if src_bias is None:
             src_bias = self.source_bias(src_ids)
         s = src_ids.shape[1]
         x = self.enc_embed(src_ids) * self.embed_scale + self.positions[:s]
         x = self.embed_drop(x)
         for layer in self.encoder:
-            x = layer(x, src_bias)
+            x = layer(x, src_bias, record)
         return x
 
     # -- decoder, teacher-forced -----------------------------------------------------------
-    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
-        """Logits (B, T, V) for every target position; tgt_in starts with decoder_start_token_id."""
+    def forward(self, src_ids: Tensor, tgt_in: Tensor, record: dict[str, list[Tensor]] | None = None) -> Tensor:
+        """Logits (B, T, V) for every target position; tgt_in starts with decoder_start_token_id.
+
+        With `record` ({"encoder": [], "decoder": [], "cross": []}) the attention weights of every
+        layer are appended to those lists, each (B, H, Tq, Tk)."""
         src_bias = self.source_bias(src_ids)
-        memory = self.encode(src_ids, src_bias)
+        memory = self.encode(src_ids, src_bias, record)
         t = tgt_in.shape[1]
         x = self.dec_embed(tgt_in) * self.embed_scale + self.positions[:t]
         x = self.embed_drop(x)
         for layer in self.decoder:
-            x = layer(x, memory, src_bias)
+            x = layer(x, memory, src_bias, record)
         return self.lm_head(x) + self.final_logits_bias
 
     # -- decoder, one step over the cache --------------------------------------------------

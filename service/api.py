@@ -29,6 +29,8 @@ from service.gate import GateConfig, Gatekeeper, load_keys
 from service.languages import detect_language, language_name
 from service.schemas import (
     LIMITS,
+    AttentionRequest,
+    AttentionResponse,
     ErrorResponse,
     LibreError,
     LibreLanguage,
@@ -241,11 +243,12 @@ class Ingress:
             if body.stream:
                 return await self._stream(handle, body.to_job())
             result = await self._run(handle, body.to_job())
+            aligned = result.alignments or [None] * len(result.texts)
             return TranslateResponse(
                 translations=[
                     {"text": t, "score": s if body.return_scores else None,
-                     "alternatives": a if body.num_alternatives else None}
-                    for t, s, a in zip(result.texts, result.scores, result.alternatives)
+                     "alternatives": a if body.num_alternatives else None, "alignment": al}
+                    for t, s, a, al in zip(result.texts, result.scores, result.alternatives, aligned)
                 ],
                 model=name, source_lang=body.source_lang, target_lang=body.target_lang,
                 usage=Usage(sentences=result.sentences, input_tokens=result.input_tokens,
@@ -282,6 +285,28 @@ class Ingress:
                 events.cancel()  # the client stopped reading: the model withdraws the rest
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/attention", response_model=AttentionResponse, tags=["translate"])
+    async def attention(self, body: AttentionRequest) -> AttentionResponse:
+        """Translate one sentence and return every attention map (encoder, decoder, cross) of every
+        layer and head, with the word alignment. For the explorer page and for inspection."""
+        pair = f"{body.source_lang}-{body.target_lang}"
+
+        async def work() -> AttentionResponse:
+            _, handle = self._route(body.source_lang, body.target_lang)
+            job = TranslationJob(texts=(body.text,), source_lang=body.source_lang, target_lang=body.target_lang,
+                                 beam_size=body.beam_size, max_length=None, num_alternatives=0, length_penalty=None,
+                                 timeout_s=LIMITS.default_timeout_s)
+            response = handle.attention.remote(job)
+            try:
+                return AttentionResponse(**await asyncio.wait_for(response, timeout=job.timeout_s))
+            except TimeoutError:
+                response.cancel()
+                raise ApiError(504, "deadline_exceeded", "attention did not finish in time") from None
+            except RequestRejected as exc:
+                raise ApiError(exc.code, exc.type, exc.message) from None
+
+        return await self._observed("/v1/attention", pair if pair in self.pairs else "unknown", work())
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     async def list_models(self) -> ModelsResponse:

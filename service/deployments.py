@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import torch
 from ray import serve
 
+from model.attention_maps import attention_maps
 from model.decoding import Hypothesis
 from model.generation import GenerationSettings
 from model.translator import Translator
+from service import alignment
 from service import text as textlib
 from service.continuous import ContinuousEngine
 from service.engine import BatchStats, Engine, SentenceTask
@@ -42,6 +44,7 @@ WARMUP_TEXT = "Hello."
 # degenerate repetition loop ends early instead of holding its batch for max_length steps.
 LENGTH_CAP_A, LENGTH_CAP_B = 2.5, 10
 STUCK_AFTER_S = 120.0  # a batch running longer than this means the replica is wedged
+ATTENTION_MAX_TOKENS = 64  # /v1/attention returns L x H x T x S numbers: keep them few
 
 
 @dataclass
@@ -90,6 +93,7 @@ class JobResult:
     output_tokens: int
     queue_s: float
     compute_s: float
+    alignments: list[list[dict]] | None = None
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, group: list) -> Callback:
@@ -140,6 +144,14 @@ def _fan_out(futures: list[asyncio.Future]) -> Callable[[asyncio.Future], None]:
                 f.set_result(SentenceDone(result.hypotheses[n], result.queue_s, result.compute_s))
 
     return spread
+
+
+def _shift(span: alignment.Span, by: int) -> dict:
+    return {"text": span.text, "start": span.start + by, "end": span.end + by}
+
+
+def _rounded(t: torch.Tensor) -> list:
+    return (t * 1e4).round().div(1e4).tolist()
 
 
 def _retire(engine: ContinuousEngine) -> None:
@@ -312,12 +324,83 @@ class ModelDeployment:
                                         for o, s in zip(sent, segments)])
                 for j in range(job.num_alternatives) if any(o and j < len(o.alternatives) for o in sent)
             ])
+        alignments = None
+        if job.return_alignment:
+            loop = asyncio.get_running_loop()
+            alignments = await loop.run_in_executor(self.executor, self._alignments, documents, tasks, done)
         return JobResult(
             texts, scores, alternatives, sentences=len(tasks), input_tokens=sum(len(t.ids) for t in tasks),
             output_tokens=sum(len(d.hypotheses[0].tokens) for d in done),
             queue_s=max((d.queue_s for d in done), default=0.0),
-            compute_s=max((d.compute_s for d in done), default=0.0),
+            compute_s=max((d.compute_s for d in done), default=0.0), alignments=alignments,
         )
+
+    def _alignments(self, documents: list[list[textlib.Segment]], tasks: list[SentenceTask],
+                    done: list[SentenceDone]) -> list[list[dict]]:
+        """Per item, per sentence: token spans and word links, offsets into the item's texts."""
+        model, tok = self.translator.model, self.tokenizer
+        eos = model.cfg.eos_token_id
+        layer = max(0, model.cfg.decoder_layers - 2)
+        lang_offset = 1 if tok.language_tokens else 0
+        results = iter(zip(tasks, done))
+        out: list[list[dict]] = []
+        for segments in documents:
+            items: list[dict] = []
+            pos_in = pos_out = 0
+            for seg in segments:
+                pos_in += len(seg.before)
+                pos_out += len(seg.before)
+                if textlib.visible(seg.text):
+                    task, d = next(results)
+                    ids = d.hypotheses[0].tokens
+                    text = tok.decode(ids)
+                    cross = attention_maps(model, task.ids, [*ids, eos]).cross[layer].mean(0)  # (T, S)
+                    src = alignment.source_spans(tok, seg.text) if textlib.visible(seg.text) == seg.text else []
+                    tgt = alignment.target_spans(tok, ids, text)
+                    links = alignment.align(cross, src, lang_offset, tgt or [], seg.text, text) if src else []
+                    items.append({
+                        "source": (pos_in, pos_in + len(seg.text)), "target": (pos_out, pos_out + len(text)),
+                        "source_tokens": [_shift(sp, pos_in) for sp in src],
+                        "target_tokens": None if tgt is None else [_shift(sp, pos_out) for sp in tgt],
+                        "links": [{"source": (ln["source"][0] + pos_in, ln["source"][1] + pos_in),
+                                   "target": (ln["target"][0] + pos_out, ln["target"][1] + pos_out),
+                                   "weight": ln["weight"]} for ln in links],
+                    })
+                else:
+                    text = seg.text
+                pos_in += len(seg.text) + len(seg.after)
+                pos_out += len(text) + len(seg.after)
+            out.append(items)
+        return out
+
+    async def attention(self, job: TranslationJob) -> dict:
+        """The full attention tensors of one sentence (bounded: 64 tokens each side)."""
+        target = self.translator.resolve_target(job.target_lang)
+        ids = self.tokenizer.encode_batch([job.texts[0]], target_lang=target)[0]
+        if len(ids) > ATTENTION_MAX_TOKENS:
+            raise RequestRejected(413, "request_too_large", f"the sentence has {len(ids)} tokens; /v1/attention "
+                                  f"takes at most {ATTENTION_MAX_TOKENS}")
+        settings = job_settings(self.translator.settings, job).override(max_length=ATTENTION_MAX_TOKENS)
+        loop = asyncio.get_running_loop()
+
+        def run() -> dict:
+            model, tok = self.translator.model, self.tokenizer
+            hyp = self.engine.run([SentenceTask(ids, settings)])[0][0][0]
+            eos = model.cfg.eos_token_id
+            maps = attention_maps(model, ids, [*hyp.tokens, eos])
+            text = tok.decode(hyp.tokens)
+            pieces = {i: p for p, i in tok.vocab.items()}
+            layer = max(0, model.cfg.decoder_layers - 2)
+            documents = [[textlib.Segment("", job.texts[0], "")]]
+            align = self._alignments(documents, [SentenceTask(ids, settings)], [SentenceDone([hyp], 0.0, 0.0)])
+            return {
+                "translation": text, "source_tokens": [pieces.get(i, "<unk>") for i in ids],
+                "target_tokens": [tok.target_pieces.get(i, "<unk>") for i in [*hyp.tokens, eos]],
+                "encoder": _rounded(maps.encoder), "decoder": _rounded(maps.decoder), "cross": _rounded(maps.cross),
+                "alignment_layer": layer, "alignment": align[0][0] if align[0] else None,
+            }
+
+        return await loop.run_in_executor(self.executor, run)
 
     async def translate_stream(self, job: TranslationJob):
         """Each sentence, with the whitespace around it, as soon as it and those before it are done.

@@ -54,6 +54,7 @@ class TranslationJob:
     num_alternatives: int
     length_penalty: float | None
     timeout_s: float
+    return_alignment: bool = False
 
 
 class TranslateRequest(_Strict):
@@ -73,6 +74,8 @@ class TranslateRequest(_Strict):
     return_scores: bool = Field(False, description="include the model's score (mean log-probability per token)")
     length_penalty: float | None = Field(None, ge=0.0, le=5.0,
                                          description="beam score = log p / length ** length_penalty")
+    return_alignment: bool = Field(False, description="per sentence: tokens with character offsets and a word "
+                                   "alignment from cross-attention (see the Alignment schema for the method)")
     stream: bool = Field(False, description="answer with server-sent events, one per sentence, in document order")
     timeout: float | None = Field(None, ge=1.0, le=LIMITS.max_timeout_s,
                                   description=f"seconds before the request is abandoned with 504 "
@@ -98,13 +101,40 @@ class TranslateRequest(_Strict):
             texts=tuple(self.texts), source_lang=self.source_lang, target_lang=self.target_lang,
             beam_size=self.beam_size, max_length=self.max_length, num_alternatives=self.num_alternatives,
             length_penalty=self.length_penalty, timeout_s=self.timeout or LIMITS.default_timeout_s,
+            return_alignment=self.return_alignment,
         )
+
+
+class Token(BaseModel):
+    text: str = Field(description="the sentencepiece piece")
+    start: int = Field(description="character offset (code points) of its first character")
+    end: int = Field(description="character offset after its last character")
+
+
+class Link(BaseModel):
+    source: tuple[int, int] = Field(description="character span of a source word in the input text")
+    target: tuple[int, int] = Field(description="character span of a target word in the translation")
+    weight: float = Field(description="share of the target word's attention that went to this source word")
+
+
+class Alignment(BaseModel):
+    """One sentence. Word alignment method: average the heads of the second-to-last decoder layer's
+    cross-attention; for each target word, sum the attention its pieces paid to each source word
+    (while being predicted) and link it to the source word with the most. Offsets are into the
+    item's input text and its translation."""
+
+    source: tuple[int, int]
+    target: tuple[int, int]
+    source_tokens: list[Token]
+    target_tokens: list[Token] | None = Field(description="null where pieces cannot be placed exactly")
+    links: list[Link]
 
 
 class Translation(BaseModel):
     text: str
     score: float | None = Field(None, description="mean over the text's sentences (with return_scores)")
     alternatives: list[str] | None = None
+    alignment: list[Alignment] | None = Field(None, description="one per sentence (with return_alignment)")
 
 
 class Usage(BaseModel):
@@ -126,6 +156,34 @@ class TranslateResponse(BaseModel):
     target_lang: str
     usage: Usage
     timings: Timings
+
+
+class AttentionRequest(_Strict):
+    """One sentence; the full attention tensors come back (bounded: at most 64 tokens each side)."""
+
+    text: str = Field(min_length=1, max_length=400, examples=["The dog could not cross the street."])
+    source_lang: LangCode = Field(examples=["en"])
+    target_lang: LangCode = Field(examples=["de"])
+    beam_size: int | None = Field(None, ge=1, le=LIMITS.max_beam_size)
+
+    _check_text = field_validator("text")(check_text)
+
+    @model_validator(mode="after")
+    def _differ(self) -> AttentionRequest:
+        if self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang must differ. Given: both {self.source_lang!r}")
+        return self
+
+
+class AttentionResponse(BaseModel):
+    translation: str
+    source_tokens: list[str] = Field(description="as the model sees them, language token and </s> included")
+    target_tokens: list[str] = Field(description="generated tokens, </s> included")
+    encoder: list[list[list[list[float]]]] = Field(description="[layer][head][source i][source j]")
+    decoder: list[list[list[list[float]]]] = Field(description="[layer][head][target t][target u]")
+    cross: list[list[list[list[float]]]] = Field(description="[layer][head][target t][source j]")
+    alignment_layer: int
+    alignment: Alignment | None
 
 
 class ModelInfo(BaseModel):

@@ -1,0 +1,280 @@
+"""Our engine against `transformers` generate() and CTranslate2, on the same weights, side by side.
+
+    python -m loadtests.bench_engine [--weights embedded opus] [--threads 1 2] [--batches 1 16 64]
+                                     [--beams 1 4] [--device cpu|cuda] [--quick] [--json out.json]
+
+Two weight sets:
+- embedded: the shipped model on held-out Multi30k sentences (real output lengths); prints BLEU
+  and chrF per engine, so speed never hides quality loss;
+- opus: a random model shaped like opus-mt-en-de (d_model 512, 6+6 layers, 8 heads, ffn 2048,
+  vocab 58101) with the output length forced equal across engines.
+For every (threads, beam, batch) the engines run interleaved, round after round, so all of them
+see the same machine state; the table gives the median round. Ratios are ours / theirs.
+A benchmark, not a test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from loadtests.workload import held_out_pairs
+from model.checkpoint import load_model
+from model.decoding import generate
+from model.generation import GenerationSettings
+from model.tokenizer import MarianTokenizer
+from model.translator import EMBEDDED_MODEL, pad_batch
+
+Batch = list[list[int]]  # source ids per sentence (</s> included)
+Run = Callable[[Batch], list[list[int]]]  # -> generated ids per sentence (no </s>)
+
+
+@dataclass
+class Workload:
+    name: str
+    model_dir: Path
+    sources: Batch
+    references: list[str] | None  # for BLEU/chrF (embedded only)
+    forced_length: int | None  # opus: every engine generates exactly this many tokens
+    max_length: int = 256
+
+
+@dataclass
+class Result:
+    engine: str
+    seconds: list[float] = field(default_factory=list)
+    tokens: int = 0
+    sentences: int = 0
+    outputs: list[list[int]] = field(default_factory=list)
+
+
+# -- engines -----------------------------------------------------------------------------------------------------
+def ours(model_dir: Path, device: str, quantize: bool, w: Workload, beam: int) -> Run:
+    model = load_model(model_dir, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+    if quantize:
+        from model.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    pad = model.cfg.pad_token_id
+    if w.forced_length:
+        settings = GenerationSettings(beam_size=beam, max_length=w.forced_length, min_length=w.forced_length - 1,
+                                      banned_ids=(pad,))
+    else:
+        settings = GenerationSettings(beam_size=beam, max_length=w.max_length, banned_ids=(pad,))
+
+    def run(batch: Batch) -> list[list[int]]:
+        hyps = generate(model, pad_batch(batch, pad, device), settings)
+        return [h[0].tokens for h in hyps]
+
+    return run
+
+
+def hf(model_dir: Path, device: str, w: Workload, beam: int) -> Run:
+    from transformers import MarianMTModel
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = MarianMTModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    cfg = model.config
+    extra = dict(min_new_tokens=w.forced_length, max_new_tokens=w.forced_length) if w.forced_length else dict(
+        max_new_tokens=w.max_length)
+
+    def run(batch: Batch) -> list[list[int]]:
+        src = pad_batch(batch, cfg.pad_token_id, device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=src, attention_mask=(src != cfg.pad_token_id).long(), num_beams=beam,
+                                 do_sample=False, **extra)
+        rows = []
+        for row in out.tolist():
+            ids = row[1:]
+            if cfg.eos_token_id in ids:
+                ids = ids[: ids.index(cfg.eos_token_id)]
+            rows.append([i for i in ids if i != cfg.pad_token_id])
+        return rows
+
+    return run
+
+
+def ctranslate2_engine(ct2_dir: Path, tok_vocab: dict[str, int], device: str, compute_type: str, threads: int,
+                       w: Workload, beam: int) -> Run:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(str(ct2_dir), device=device, compute_type=compute_type,
+                                       intra_threads=threads, inter_threads=1)
+    pieces = {i: p for p, i in tok_vocab.items()}
+    ids_of = tok_vocab
+    extra = dict(min_decoding_length=w.forced_length, max_decoding_length=w.forced_length) if w.forced_length \
+        else dict(max_decoding_length=w.max_length)
+
+    def run(batch: Batch) -> list[list[int]]:
+        tokens = [[pieces[i] for i in row] for row in batch]
+        out = translator.translate_batch(tokens, beam_size=beam, max_batch_size=len(batch), **extra)
+        return [[ids_of[p] for p in r.hypotheses[0] if p in ids_of] for r in out]
+
+    return run
+
+
+def convert_ct2(model_dir: Path, out: Path, quantization: str | None) -> Path:
+    import ctranslate2
+
+    if not (out / "model.bin").exists():
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), quantization=quantization,
+                                                                            force=True)
+    return out
+
+
+# -- workloads ---------------------------------------------------------------------------------------------------
+def embedded_workload(model_dir: Path, n: int) -> Workload:
+    tok = MarianTokenizer(model_dir)
+    pairs = held_out_pairs()[:n]
+    sources = tok.encode_batch([en for en, _ in pairs], target_lang="de" if tok.language_tokens else None)
+    return Workload("embedded en-de", model_dir, sources, [de for _, de in pairs], None)
+
+
+def opus_workload(work: Path, n: int, length: int) -> Workload:
+    """A random model shaped like opus-mt-en-de, with a tokenizer whose vocab.json has 58101 entries."""
+    from transformers import MarianConfig, MarianMTModel
+
+    path = work / "opus-random"
+    vocab_size = 58101
+    if not (path / "model.safetensors").exists():
+        cfg = MarianConfig(vocab_size=vocab_size, d_model=512, encoder_layers=6, decoder_layers=6,
+                           encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
+                           decoder_ffn_dim=2048, activation_function="swish", scale_embedding=True,
+                           pad_token_id=vocab_size - 1, decoder_start_token_id=vocab_size - 1, eos_token_id=0,
+                           max_position_embeddings=512)
+        torch.manual_seed(0)
+        MarianMTModel(cfg).save_pretrained(path)
+        vocab = {"</s>": 0, "<unk>": 1} | {f"\u2581w{i}": i for i in range(2, vocab_size - 1)}
+        vocab["<pad>"] = vocab_size - 1
+        (path / "vocab.json").write_text(json.dumps(vocab))
+        for name in ("source.spm", "target.spm"):  # any real sentencepiece model: the converter reads vocab.json
+            (path / name).write_bytes((EMBEDDED_MODEL / "source.spm").read_bytes())
+        (path / "generation_config.json").unlink(missing_ok=True)
+    gen = torch.Generator().manual_seed(1)
+    sources = []
+    for _ in range(n):
+        k = int(torch.randint(8, 30, (1,), generator=gen))
+        sources.append(torch.randint(2, vocab_size - 1, (k,), generator=gen).tolist() + [0])
+    return Workload("opus-mt-en-de shape (random)", path, sources, None, length)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+def measure(engines: dict[str, Run], w: Workload, batch: int, rounds: int, sentences: int) -> dict[str, Result]:
+    results = {name: Result(name) for name in engines}
+    work = w.sources[:sentences]
+    chunks = [work[i : i + batch] for i in range(0, len(work), batch)]
+    for run in engines.values():  # warm-up, outside the clock
+        run(chunks[0])
+    for _ in range(rounds):
+        for name, run in engines.items():  # interleaved: every engine once per round
+            outputs: list[list[int]] = []
+            t0 = time.perf_counter()
+            for c in chunks:
+                outputs += run(c)
+            results[name].seconds.append(time.perf_counter() - t0)
+            results[name].outputs = outputs
+            results[name].tokens = sum(len(o) + 1 for o in outputs)  # EOS included
+            results[name].sentences = len(outputs)
+    return results
+
+
+def quality(w: Workload, outputs: list[list[int]]) -> dict[str, float]:
+    if not w.references:
+        return {}
+    import sacrebleu
+
+    tok = MarianTokenizer(w.model_dir)
+    hyps = tok.decode_batch(outputs)
+    refs = w.references[: len(hyps)]
+    return {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(EMBEDDED_MODEL))
+    parser.add_argument("--weights", nargs="+", default=["embedded", "opus"], choices=["embedded", "opus"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=128, help="per measurement (batch 1 uses 16)")
+    parser.add_argument("--opus-length", type=int, default=24, help="forced output length of the opus workload")
+    parser.add_argument("--engines", nargs="+", default=None, help="subset, e.g. ours ours-int8 ct2-int8")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="one thread setting, 2 rounds, fewer sentences")
+    parser.add_argument("--work", default=None, help="where converted models go (default: a temp dir)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.sentences = 2, 64
+        args.threads = args.threads[-1:]
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-"))
+    device = args.device
+    rows = []
+    for weights in args.weights:
+        w = embedded_workload(Path(args.model), 512) if weights == "embedded" else opus_workload(
+            work, 512, args.opus_length)
+        tok_vocab = json.loads((w.model_dir / "vocab.json").read_text())
+        ct2_fp = convert_ct2(w.model_dir, work / f"{weights}-ct2", None)
+        ct2_int8 = convert_ct2(w.model_dir, work / f"{weights}-ct2-int8", "int8")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for beam in args.beams:
+                half = "float16" if device == "cuda" else "float32"
+                engines: dict[str, Run] = {
+                    "ours": ours(w.model_dir, device, False, w, beam),
+                    "ours-int8": ours(w.model_dir, device, True, w, beam),
+                    "transformers": hf(w.model_dir, device, w, beam),
+                    f"ct2-{half}": ctranslate2_engine(ct2_fp, tok_vocab, device, half, threads, w, beam),
+                    "ct2-int8": ctranslate2_engine(ct2_int8, tok_vocab, device,
+                                                   "int8_float16" if device == "cuda" else "int8", threads, w, beam),
+                }
+                if device == "cuda":
+                    del engines["ours-int8"]  # dynamic int8 quantization is a CPU path
+                if args.engines:
+                    engines = {k: v for k, v in engines.items() if k in args.engines or k == "ours"}
+                for batch in args.batches:
+                    n = 16 if batch == 1 else max(args.sentences, batch)
+                    if weights == "opus" and device == "cpu":  # 75M parameters on 2 cores: fewer sentences
+                        n = 8 if batch == 1 else min(n, 64)
+                    results = measure(engines, w, batch, args.rounds, n)
+                    table = report(weights, threads, beam, batch, results, w)
+                    rows += table
+                    sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+
+
+def report(weights: str, threads: int, beam: int, batch: int, results: dict[str, Result], w: Workload) -> list[dict]:
+    print(f"\n[{weights}] threads={threads} beam={beam} batch={batch} "
+          f"({results['ours'].sentences} sentences, median of {len(results['ours'].seconds)} rounds)")
+    print(f"  {'engine':14} {'tok/s':>9} {'sent/s':>8} {'ms/batch':>9} {'ours/x':>7} {'BLEU':>6} {'chrF':>6}")
+    base = results["ours"]
+    base_tps = base.tokens / statistics.median(base.seconds)
+    rows = []
+    for name, r in results.items():
+        sec = statistics.median(r.seconds)
+        tps = r.tokens / sec
+        batches = -(-r.sentences // batch)
+        q = quality(w, r.outputs)
+        ratio = base_tps / tps
+        print(f"  {name:14} {tps:9.1f} {r.sentences / sec:8.2f} {1000 * sec / batches:9.1f} {ratio:7.2f} "
+              f"{q.get('bleu', float('nan')):6.2f} {q.get('chrf', float('nan')):6.2f}")
+        rows.append({"weights": weights, "threads": threads, "beam": beam, "batch": batch, "engine": name,
+                     "tokens_per_s": tps, "sentences_per_s": r.sentences / sec, "ms_per_batch": 1000 * sec / batches,
+                     "ours_over_this": ratio, **q})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
