@@ -47,7 +47,8 @@ from service.schemas import (
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in ((401, "missing or wrong API key (when keys are configured)"),
-                       (404, "unknown language pair"), (413, "request too large"), (415, "not JSON"),
+                       (404, "unknown language pair"), (408, "request body sent too slowly"),
+                       (413, "request too large"), (415, "not JSON"),
                        (422, "invalid input"), (429, "rate limit exceeded; see Retry-After"),
                        (503, "overloaded; see Retry-After"), (504, "deadline passed"))
 }
@@ -61,7 +62,8 @@ def limits_description() -> str:
     return ("Every limit, with its value on this server (set with `MT_<NAME>` environment variables):\n\n"
             "| limit | value | meaning |\n| --- | --- | --- |\n" + rows + "\n\n"
             "Status codes: 400 malformed HTTP, 401 missing/wrong API key, 404 unknown language pair or route, "
-            "405 wrong method, 413 too large, 415 not JSON, 422 invalid input, 429 rate limited (Retry-After), "
+            "405 wrong method, 408 body sent too slowly, "
+            "413 too large, 415 not JSON, 422 invalid input, 429 rate limited (Retry-After), "
             "503 overloaded (Retry-After), 504 deadline passed. Never 500 for anything a client sent.")
 
 
@@ -72,7 +74,8 @@ app = FastAPI(
     description=limits_description(),
     responses=ERRORS,
 )
-GATE = GateConfig(max_bytes=LIMITS.max_body_bytes, max_depth=LIMITS.max_json_depth)
+GATE = GateConfig(max_bytes=LIMITS.max_body_bytes, max_depth=LIMITS.max_json_depth,
+                  body_timeout_s=LIMITS.body_timeout_s)
 app.add_middleware(Gatekeeper, config=GATE)
 
 

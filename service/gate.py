@@ -10,6 +10,7 @@ time; a per-key token bucket answers 429 with Retry-After, a list of N texts cou
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -150,6 +151,7 @@ class GateConfig:
 
     max_bytes: int
     max_depth: int
+    body_timeout_s: float = 15.0  # a body that trickles in slower than this is dropped (408)
     keys: list[bytes] = field(default_factory=list)
     limiter: RateLimiter | None = None
 
@@ -223,8 +225,13 @@ class Gatekeeper:
                 raise Rejected(413, "request_too_large",
                                f"request body must be at most {max_bytes} bytes. Given: {int(length)}")
         chunks, size = [], 0
+        deadline = time.monotonic() + self.config.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise Rejected(408, "request_timeout",
+                               f"the request body did not arrive within {self.config.body_timeout_s:g}s") from None
             if message["type"] == "http.disconnect":
                 raise Rejected(400, "invalid_request", "client disconnected")
             chunk = message.get("body", b"")

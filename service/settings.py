@@ -25,6 +25,7 @@ class Limits(BaseSettings):
     max_alternatives: int = Field(4, ge=0, description="upper bound for num_alternatives")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="request body size (413 beyond)")
     max_json_depth: int = Field(8, ge=2, description="nesting depth of a JSON body")
+    body_timeout_s: float = Field(15.0, gt=0, description="time to receive a request body (408 beyond: slow clients)")
     max_request_tokens: int = Field(8192, ge=64, description="source tokens per request, all sentences together")
     default_timeout_s: float = Field(60.0, gt=0, description="deadline of a request that sets none")
     max_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may set")

@@ -126,3 +126,15 @@ def test_max_items_is_a_real_bound(service):
         over = c.post("/v1/translate", json={"text": ["a"] * (LIMITS.max_items + 1), **OK})
     assert at.status_code == 200 and len(at.json()["translations"]) == LIMITS.max_items
     assert over.status_code == 422 and f"at most {LIMITS.max_items} items" in over.json()["error"]["message"]
+
+
+def test_slow_body_is_dropped(service):
+    """A client that sends its headers and then trickles the body (slowloris) is cut off with 408."""
+    host, port = service.url.removeprefix("http://").split(":")
+    payload = body(text="a" * 100)
+    head = (f"POST /v1/translate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=LIMITS.body_timeout_s + 30) as s:
+        s.sendall(head + payload[:10])  # ... and nothing more
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
