@@ -38,13 +38,13 @@ def make_requests(n: int, seed: int, beam: int) -> list[tuple[str, dict, int]]:
     for _ in range(n):
         kind = rng.choices([k for k, _ in MIX], weights=[w for _, w in MIX])[0]
         en_de = rng.random() < 0.5
-        pick = lambda: rng.choice(pairs)[0 if en_de else 1]  # noqa: E731
+        side = 0 if en_de else 1
         if kind == "phrase":
-            text, count = rng.choice(pick().split()).strip(".,!?"), 1
+            text, count = rng.choice(rng.choice(pairs)[side].split()).strip(".,!?"), 1
         elif kind == "sentence":
-            text, count = pick(), 1
+            text, count = rng.choice(pairs)[side], 1
         else:
-            text, count = " ".join(pick() for _ in range(20)), 20
+            text, count = " ".join(rng.choice(pairs)[side] for _ in range(20)), 20
         body = {"text": text, "source_lang": "en" if en_de else "de", "target_lang": "de" if en_de else "en",
                 "beam_size": beam, "timeout": 300}
         out.append((kind, body, count))
