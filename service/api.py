@@ -12,12 +12,13 @@ The LibreTranslate-compatible routes answer in LibreTranslate's shapes ({"error"
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -54,7 +55,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 LIBRE_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": LibreError, "description": v["description"]} for code, v in ERRORS.items()}
+# OpenAPI 3.1 has no itemSchema: for text/event-stream, `schema` describes one parsed event
+# (the fields of the SSE wire format); each `data` is one JSON object.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "contentMediaType": "application/json"},
+                   "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}},
+}
 RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
+EXPLORER_PAGE = Path(__file__).parent / "static" / "explorer.html"
+# The page's script and style are inline; it loads nothing from elsewhere and talks only to this server.
+EXPLORER_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache",
+}
 
 def limits_description() -> str:
     rows = "\n".join(f"| `{name}` | {getattr(LIMITS, name)} | {field.description or ''} |"
@@ -231,7 +247,7 @@ class Ingress:
 
     # -- native API -----------------------------------------------------------------------------------
     @app.post("/v1/translate", response_model=TranslateResponse, tags=["translate"], responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
               "description": "JSON, or with `stream: true` server-sent events: `start`, one `sentence` per "
                              "sentence in document order (its `text` keeps the whitespace around it, so an item's "
                              "texts concatenate to its translation), then `done`."}})
@@ -310,6 +326,11 @@ class Ingress:
                 raise ApiError(exc.code, exc.type, exc.message) from None
 
         return await self._observed("/v1/attention", pair if pair in self.pairs else "unknown", work())
+
+    @app.get("/explorer", response_class=HTMLResponse, include_in_schema=False)
+    async def explorer(self) -> HTMLResponse:
+        """The attention explorer: one static page (vanilla JS, no build step) over /v1/attention."""
+        return HTMLResponse(EXPLORER_PAGE.read_text(encoding="utf-8"), headers=EXPLORER_HEADERS)
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     async def list_models(self) -> ModelsResponse:

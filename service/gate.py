@@ -24,7 +24,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/-/healthz", "/-/routes"})
+# The explorer page holds no data (its API key field is sent with each /v1/attention call).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/-/healthz", "/-/routes", "/explorer"})
 JSON_ROUTES = frozenset({"/v1/translate", "/v1/attention"})
 
 

@@ -89,6 +89,16 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/* API keys: the Secret security.apiKeys.existingSecret, mounted read-only here in every Ray pod. */}}
+{{- define "mt-serve.apiKeysDir" -}}
+/etc/mt-serve/api-keys
+{{- end }}
+
+{{/* The keys file the service reads (args.api_keys_file): <mount>/<key>. */}}
+{{- define "mt-serve.apiKeysFile" -}}
+{{- printf "%s/%s" (include "mt-serve.apiKeysDir" .) .Values.security.apiKeys.key }}
+{{- end }}
+
 {{/* The pod spec parts shared by head and worker groups. */}}
 {{- define "mt-serve.podCommon" -}}
 terminationGracePeriodSeconds: {{ .Values.pod.terminationGracePeriodSeconds }}
@@ -108,6 +118,15 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: {{ .Values.pod.tmpSizeLimit }}
+  {{- with .Values.security.apiKeys.existingSecret }}
+  - name: api-keys
+    secret:
+      secretName: {{ . | quote }}
+      items:
+        - key: {{ $.Values.security.apiKeys.key | quote }}
+          path: {{ $.Values.security.apiKeys.key | quote }}
+      defaultMode: 0440         # owner root, group fsGroup (100): readable by uid 1000 only through its group
+  {{- end }}
 {{- end }}
 
 {{/* Container parts shared by head and workers. */}}
@@ -121,6 +140,11 @@ env:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if .Values.security.apiKeys.existingSecret }}
+  - name: api-keys
+    mountPath: {{ include "mt-serve.apiKeysDir" . }}
+    readOnly: true
+  {{- end }}
 lifecycle:
   preStop:
     exec:
@@ -155,6 +179,12 @@ lifecycle:
 {{- if and .autoscaling.enabled (gt (int .autoscaling.minReplicas) (int .autoscaling.maxReplicas)) }}
 {{- fail (printf "serve.models[%s].autoscaling: minReplicas (%v) must be <= maxReplicas (%v)" .name .autoscaling.minReplicas .autoscaling.maxReplicas) }}
 {{- end }}
+{{- end }}
+{{- $envKeys := false }}
+{{- range .Values.pod.env }}{{ if has .name (list "MT_API_KEYS" "MT_API_KEYS_FILE") }}{{ $envKeys = true }}{{ end }}{{ end }}
+{{- $rate := .Values.security.rateLimitPerMinute }}
+{{- if and (not (kindIs "invalid" $rate)) (gt (float64 $rate) 0.0) (not .Values.security.apiKeys.existingSecret) (not $envKeys) }}
+{{- fail (printf "security.rateLimitPerMinute (%v) limits each API key, but no keys are configured: set security.apiKeys.existingSecret" $rate) }}
 {{- end }}
 {{- range .Values.workerGroups }}
 {{- if or (gt (int .minReplicas) (int .replicas)) (gt (int .replicas) (int .maxReplicas)) }}

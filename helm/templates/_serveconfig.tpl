@@ -1,7 +1,8 @@
 {{/*
 The Ray Serve config (serveConfigV2), in the shape of deploy/serve_config.yaml: one application
 built by service.app:build_app, whose args validate with service.app.AppArgs, and one deployment
-override per model (autoscaling, graceful shutdown).
+override per model (autoscaling, graceful shutdown). api_keys_file and rate_limit_per_minute only
+when security.* sets them (the default render equals deploy/serve_config.yaml).
 */}}
 {{- define "mt-serve.serveConfig" -}}
 {{- $s := .Values.serve }}
@@ -28,10 +29,21 @@ override per model (autoscaling, graceful shutdown).
 {{- $deployments = append $deployments $d }}
 {{- end }}
 {{- $batching := dict
+      "mode" $s.batching.mode
       "max_batch_tokens" $s.batching.maxBatchTokens
       "batch_wait_timeout_s" $s.batching.batchWaitTimeoutS
-      "max_batch_sentences" $s.batching.maxBatchSentences }}
-{{- $args := dict "ingress_replicas" $s.ingressReplicas "batching" $batching "models" $models }}
+      "max_batch_sentences" $s.batching.maxBatchSentences
+      "slots" $s.batching.slots
+      "max_encode_tokens" $s.batching.maxEncodeTokens }}
+{{- $args := dict "ingress_replicas" $s.ingressReplicas "ingress_max_queued_requests" $s.ingressMaxQueuedRequests
+      "batching" $batching "models" $models }}
+{{- /* Only where the keys file is mounted (a Secret): the keys themselves never reach the args. */}}
+{{- with .Values.security.apiKeys.existingSecret }}
+{{- $_ := set $args "api_keys_file" (include "mt-serve.apiKeysFile" $) }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.security.rateLimitPerMinute) }}
+{{- $_ := set $args "rate_limit_per_minute" .Values.security.rateLimitPerMinute }}
+{{- end }}
 {{- $app := dict "name" "mt" "route_prefix" "/" "import_path" "service.app:build_app"
       "args" $args "deployments" $deployments }}
 {{- $config := dict

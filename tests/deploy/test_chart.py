@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import urllib.request
 from typing import Any
+from unittest import mock
 
 import helm_python as helm
 import pytest
 import yaml
 
+from service.settings import Limits
 from tests.deploy.conftest import CASES, CHART, KUBE_VERSION, NAMESPACE, REPO, Rendered, case_values, render
 
 
@@ -55,6 +59,11 @@ def test_values_files_shape_the_cluster(rendered_cases):
     default_kinds = {o["kind"] for o in rendered_cases["default"].objects}
     assert not default_kinds & {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap", "Ingress"}
 
+    secured = rendered_cases["secured.yaml"]
+    assert secured.values["security"]["apiKeys"]["existingSecret"] == "mt-api-keys"
+    assert not secured.of_kind("Secret")  # the chart never creates (or templates) the keys
+    assert "api_keys_file" in secured.serve_config["applications"][0]["args"]
+
 
 # -- bad values are refused ---------------------------------------------------------------------------
 FLEET_MODEL = case_values("gpu-fleet.yaml")["serve"]["models"][0]
@@ -71,6 +80,17 @@ SCHEMA_ERRORS: dict[str, dict[str, Any]] = {
     "resources without memory": {"head": {"resources": {"cpu": "2", "memory": None}}},
     "bad cpu quantity": {"head": {"resources": {"cpu": "two"}}},
     "bad Ray version": {"rayVersion": "latest"},
+    "batching mode unknown": {"serve": {"batching": {"mode": "dynamic"}}},
+    "slots below 8": {"serve": {"batching": {"slots": 4}}},
+    "encode tokens below 64": {"serve": {"batching": {"maxEncodeTokens": 32}}},
+    "unbounded ingress queue": {"serve": {"ingressMaxQueuedRequests": -1}},
+    "ingress queue of 0": {"serve": {"ingressMaxQueuedRequests": 0}},
+    "API keys inline": {"security": {"apiKeys": {"keys": "s3cret"}}},
+    "API key as a value": {"security": {"apiKey": "s3cret"}},
+    "bad Secret name": {"security": {"apiKeys": {"existingSecret": "Bad_Name"}}},
+    "empty Secret key": {"security": {"apiKeys": {"existingSecret": "mt-api-keys", "key": ""}}},
+    "Secret key with ..": {"security": {"apiKeys": {"existingSecret": "mt-api-keys", "key": "..keys"}}},
+    "negative rate limit": {"security": {"rateLimitPerMinute": -1}},
 }
 
 
@@ -101,6 +121,7 @@ RENDER_ERRORS: dict[str, tuple[dict[str, Any], str]] = {
         "enabled": True, "minReplicas": 5, "maxReplicas": 2, "targetOngoingRequests": 8}}]}}, "minReplicas"),
     "worker replicas above max": ({"workerGroups": [{**case_values("one-gpu.yaml")["workerGroups"][0],
                                                      "replicas": 2}]}, "minReplicas <= replicas <= maxReplicas"),
+    "rate limit without API keys": ({"security": {"rateLimitPerMinute": 60}}, "no keys are configured"),
 }
 
 
@@ -112,6 +133,12 @@ def test_cross_field_rules_fail_the_render(chart, values, message):
 
 def test_grace_period_at_the_bound_renders(chart):
     render(chart, {"pod": {"terminationGracePeriodSeconds": 45}})  # 10 + 30 + 5
+
+
+def test_rate_limit_with_keys_from_env_or_zero_renders(chart):
+    env = [{"name": "MT_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "k", "key": "keys"}}}]
+    render(chart, {"security": {"rateLimitPerMinute": 60}, "pod": {"env": env}})
+    render(chart, {"security": {"rateLimitPerMinute": 0}})
 
 
 # -- what every Ray pod promises -----------------------------------------------------------------------
@@ -222,12 +249,91 @@ def test_selectors_find_the_ray_pods(rendered):
 def test_helm_test_pod_posts_a_translation(rendered):
     (pod,) = rendered.of_kind("Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-    assert env["MT_TEST_URL"] == "http://mt-mt-serve:8000/v1/translate"
-    body = json.loads(env["MT_TEST_BODY"])
+    entries = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert entries["MT_TEST_URL"]["value"] == "http://mt-mt-serve:8000/v1/translate"
+    body = json.loads(entries["MT_TEST_BODY"]["value"])
     pairs = {p for m in rendered.values["serve"]["models"] for p in m["pairs"]}
     assert f"{body['source_lang']}-{body['target_lang']}" in pairs and body["text"]
-    compile(pod["spec"]["containers"][0]["command"][2], "helm-test", "exec")  # the script is valid Python
+    script = pod["spec"]["containers"][0]["command"][2]
+    compile(script, "helm-test", "exec")  # the script is valid Python
+    keys = rendered.values["security"]["apiKeys"]
+    if keys["existingSecret"]:  # the key comes from the same Secret, never from values
+        assert entries["MT_TEST_API_KEYS"] == {"name": "MT_TEST_API_KEYS", "valueFrom": {"secretKeyRef": {
+            "name": keys["existingSecret"], "key": keys["key"]}}}
+        assert 'headers["Authorization"] = f"Bearer {keys[0]}"' in script
+    else:
+        assert "MT_TEST_API_KEYS" not in entries
+
+
+def run_helm_test_script(pod: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
+    """Runs the helm test pod's script against a fake urlopen; returns the headers it sent."""
+    sent = {}
+
+    def urlopen(request, timeout):
+        sent.update({k.lower(): v for k, v in request.header_items()})
+        return io.BytesIO(b'{"translations": [{"text": "Ein Hund"}]}')
+
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
+    script = compile(pod["spec"]["containers"][0]["command"][2], "helm-test", "exec")
+    with (mock.patch.dict("os.environ", {**env, **environ}), mock.patch.object(urllib.request, "urlopen", urlopen),
+          pytest.raises(SystemExit) as done):
+        exec(script, {})
+    assert done.value.code == 0
+    return sent
+
+
+def test_helm_test_script_sends_the_first_key(rendered_cases):
+    (pod,) = rendered_cases["secured.yaml"].of_kind("Pod")
+    sent = run_helm_test_script(pod, {"MT_TEST_API_KEYS": "\n  first-key \nsecond-key\n"})
+    assert sent["authorization"] == "Bearer first-key"
+    (pod,) = rendered_cases["default"].of_kind("Pod")
+    assert "authorization" not in run_helm_test_script(pod, {})
+
+
+# -- API keys and the service's environment ------------------------------------------------------------
+def test_api_keys_secret_is_mounted_read_only_in_every_ray_pod(rendered):
+    keys = rendered.values["security"]["apiKeys"]
+    args = rendered.serve_config["applications"][0]["args"]
+    for template in ray_pod_templates(rendered):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        mounts = {m["name"]: m for m in template["spec"]["containers"][0]["volumeMounts"]}
+        if not keys["existingSecret"]:
+            assert "api-keys" not in volumes and "api-keys" not in mounts
+            continue
+        secret = volumes["api-keys"]["secret"]
+        assert secret["secretName"] == keys["existingSecret"]
+        assert secret["items"] == [{"key": keys["key"], "path": keys["key"]}]
+        assert secret["defaultMode"] == 0o440
+        assert mounts["api-keys"] == {"name": "api-keys", "mountPath": "/etc/mt-serve/api-keys", "readOnly": True}
+    if keys["existingSecret"]:
+        assert args["api_keys_file"] == f"/etc/mt-serve/api-keys/{keys['key']}"
+    else:
+        assert "api_keys_file" not in args
+    rate = rendered.values["security"].get("rateLimitPerMinute")
+    assert args.get("rate_limit_per_minute") == rate
+
+
+def test_pod_env_reaches_head_and_every_worker_container(rendered):
+    """The service's limits (MT_* in pod.env) hold wherever Serve places the ingress."""
+    wanted = rendered.values["pod"]["env"]
+    templates = ray_pod_templates(rendered)
+    assert len(templates) == 1 + len(rendered.values["workerGroups"])
+    for template in templates:
+        env = template["spec"]["containers"][0]["env"]
+        assert all(e in env for e in wanted), (template["metadata"]["labels"], wanted, env)
+
+
+def test_mt_limits_in_values_files_are_valid_settings(rendered):
+    """The limits set in pod.env (MT_<LIMIT>) are ones service/settings.py accepts and reads
+    (a bad value would stop the service at start-up)."""
+    env = {e["name"]: e["value"] for e in rendered.values["pod"]["env"]
+           if e["name"].startswith("MT_") and "value" in e}
+    with mock.patch.dict("os.environ", env, clear=True):
+        limits = Limits()
+    for name, value in env.items():
+        field = Limits.model_fields.get(name.removeprefix("MT_").lower())
+        if field:
+            assert getattr(limits, name.removeprefix("MT_").lower()) == field.annotation(value), name
 
 
 def test_chart_embeds_the_monitoring_files(rendered_cases):

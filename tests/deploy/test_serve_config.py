@@ -68,8 +68,16 @@ def test_serve_config_is_accepted_by_ray_serve(rendered: Rendered):
         assert spec.pairs == model["pairs"]  # set explicitly: validation never reads model directories
         assert (spec.num_gpus, spec.num_cpus) == (model["numGpus"], model["numCpus"])
         assert spec.num_replicas == ("auto" if model["autoscaling"]["enabled"] else model["replicas"])
-    assert args.batching.max_batch_tokens == values["batching"]["maxBatchTokens"]
+    batching = values["batching"]
+    assert (args.batching.mode, args.batching.max_batch_tokens, args.batching.batch_wait_timeout_s,
+            args.batching.max_batch_sentences, args.batching.slots, args.batching.max_encode_tokens) == (
+        batching["mode"], batching["maxBatchTokens"], batching["batchWaitTimeoutS"],
+        batching["maxBatchSentences"], batching["slots"], batching["maxEncodeTokens"])
     assert args.ingress_replicas == values["ingressReplicas"]
+    assert args.ingress_max_queued_requests == values["ingressMaxQueuedRequests"] >= 1
+    security = rendered.values["security"]
+    assert args.rate_limit_per_minute == security.get("rateLimitPerMinute")
+    assert (args.api_keys_file is not None) == bool(security["apiKeys"]["existingSecret"])
     for d in app["deployments"]:
         assert d["graceful_shutdown_timeout_s"] == values["gracefulShutdownTimeoutS"]
     assert config["http_options"]["host"] == "0.0.0.0" and config["http_options"]["port"] == 8000
@@ -84,6 +92,18 @@ def test_autoscaling_values_reach_serve(rendered_cases):
     }
     (app,) = rendered_cases["one-gpu.yaml"].serve_config["applications"]
     assert all("autoscaling_config" not in d for d in app["deployments"])
+
+
+def test_batching_and_security_values_reach_serve(rendered_cases):
+    (app,) = rendered_cases["secured.yaml"].serve_config["applications"]
+    args = app["args"]
+    assert args["batching"]["mode"] == "continuous"
+    assert (args["batching"]["slots"], args["batching"]["max_encode_tokens"]) == (128, 4096)
+    assert args["api_keys_file"] == "/etc/mt-serve/api-keys/keys"
+    assert args["rate_limit_per_minute"] == 600 and args["ingress_max_queued_requests"] == 256
+    (app,) = rendered_cases["default"].serve_config["applications"]
+    assert app["args"]["batching"]["mode"] == "request"  # the chart's default, for now
+    assert not {"api_keys_file", "rate_limit_per_minute"} & set(app["args"])
 
 
 def test_default_values_render_deploy_serve_config(rendered_cases):

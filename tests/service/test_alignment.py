@@ -67,7 +67,7 @@ def test_alignment_over_http(service):
 def test_attention_endpoint_shapes(service):
     with httpx.Client(base_url=service.url, timeout=60) as c:
         r = c.post("/v1/attention", json={"text": "A dog runs.", "source_lang": "en", "target_lang": "de"})
-        too_long = c.post("/v1/attention", json={"text": " ".join(["word"] * 150), "source_lang": "en",
+        too_long = c.post("/v1/attention", json={"text": " ".join(["word"] * 79), "source_lang": "en",
                                                   "target_lang": "de"})
     assert r.status_code == 200, r.text
     a = r.json()
@@ -77,4 +77,5 @@ def test_attention_endpoint_shapes(service):
         for head in layer:
             assert len(head) == t and all(len(row) == s and abs(sum(row) - 1) < 1e-3 for row in head)
     assert all(len(h) == s for layer in a["encoder"] for h in layer)
-    assert too_long.status_code == 413
+    # within the 400-character schema bound but over the 64-token attention bound
+    assert too_long.status_code == 413, too_long.text
