@@ -1,7 +1,7 @@
 """Our engine against `transformers` generate() and CTranslate2, on the same weights, side by side.
 
     python -m loadtests.bench_engine [--weights embedded opus] [--threads 1 2] [--batches 1 16 64]
-                                     [--beams 1 4] [--device cpu|cuda] [--quick] [--json out.json]
+                                     [--beams 1 4] [--device cpu|cuda] [--quick] [--attention] [--json out.json]
 
 Two weight sets:
 - embedded: the shipped model on held-out Multi30k sentences (real output lengths); prints BLEU
@@ -58,7 +58,7 @@ class Result:
 
 
 # -- engines -----------------------------------------------------------------------------------------------------
-def ours(model_dir: Path, device: str, quantize: bool, w: Workload, beam: int) -> Run:
+def ours(model_dir: Path, device: str, quantize: bool, w: Workload, beam: int, attention: bool = False) -> Run:
     model = load_model(model_dir, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
     if quantize:
         from model.quantize import quantize_int8
@@ -73,6 +73,11 @@ def ours(model_dir: Path, device: str, quantize: bool, w: Workload, beam: int) -
 
     def run(batch: Batch) -> list[list[int]]:
         hyps = generate(model, pad_batch(batch, pad, device), settings)
+        if attention:  # what return_alignment adds: one teacher-forced pass recording the maps, per sentence
+            from model.attention_maps import attention_maps
+
+            for src, h in zip(batch, hyps):
+                attention_maps(model, src, [*h[0].tokens, model.cfg.eos_token_id])
         return [h[0].tokens for h in hyps]
 
     return run
@@ -156,8 +161,14 @@ def opus_workload(work: Path, n: int, length: int) -> Workload:
         vocab = {"</s>": 0, "<unk>": 1} | {f"\u2581w{i}": i for i in range(2, vocab_size - 1)}
         vocab["<pad>"] = vocab_size - 1
         (path / "vocab.json").write_text(json.dumps(vocab))
-        for name in ("source.spm", "target.spm"):  # any real sentencepiece model: the converter reads vocab.json
-            (path / name).write_bytes((EMBEDDED_MODEL / "source.spm").read_bytes())
+        # Any real sentencepiece model will do (the converter reads vocab.json): a small one made here,
+        # so this workload needs no shipped model.
+        from model.data.vocab import train_sentencepiece
+
+        words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
+        spm = train_sentencepiece(words, work / "opus-spm", 300)
+        for name in ("source.spm", "target.spm"):
+            (path / name).write_bytes(spm.read_bytes())
         (path / "generation_config.json").unlink(missing_ok=True)
     gen = torch.Generator().manual_seed(1)
     sources = []
@@ -213,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="one thread setting, 2 rounds, fewer sentences")
     parser.add_argument("--work", default=None, help="where converted models go (default: a temp dir)")
+    parser.add_argument("--attention", action="store_true",
+                        help="also time ours with attention maps recorded (what return_alignment costs)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -239,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                     "ct2-int8": ctranslate2_engine(ct2_int8, tok_vocab, device,
                                                    "int8_float16" if device == "cuda" else "int8", threads, w, beam),
                 }
+                if args.attention:  # attention recording is opt-in: "ours" is the path with it off
+                    engines["ours+attention"] = ours(w.model_dir, device, False, w, beam, attention=True)
                 if device == "cuda":
                     del engines["ours-int8"]  # dynamic int8 quantization is a CPU path
                 if args.engines:
@@ -268,8 +283,8 @@ def report(weights: str, threads: int, beam: int, batch: int, results: dict[str,
         batches = -(-r.sentences // batch)
         q = quality(w, r.outputs)
         ratio = base_tps / tps
-        print(f"  {name:14} {tps:9.1f} {r.sentences / sec:8.2f} {1000 * sec / batches:9.1f} {ratio:7.2f} "
-              f"{q.get('bleu', float('nan')):6.2f} {q.get('chrf', float('nan')):6.2f}")
+        print(f"  {name:14} {tps:9.1f} {r.sentences / sec:8.2f} {1000 * sec / batches:9.1f} {ratio:7.2f}"
+              + "".join(f" {q[k]:6.2f}" if k in q else f" {'-':>6}" for k in ("bleu", "chrf")))
         rows.append({"weights": weights, "threads": threads, "beam": beam, "batch": batch, "engine": name,
                      "tokens_per_s": tps, "sentences_per_s": r.sentences / sec, "ms_per_batch": 1000 * sec / batches,
                      "ours_over_this": ratio, **q})

@@ -1,9 +1,9 @@
-"""CI's smoke load: Locust headless for 20 s against the real service (Ray Serve, HTTP, the tiny model).
+"""CI's smoke load: Locust headless for 20 s against the real service (Ray Serve, HTTP) serving the
+shipped embedded model, deployed as a second application of the session's Serve instance.
 
-The tiny model is random, so its translations are garbage, but every request goes the whole way:
-proxy, ingress, validation, batching, encoder, decoder. Latency limits are the defaults x4 (this
-machine is small and shared, and Locust runs on the same cores); the failure ratio limit is 0: one
-unexpected answer fails CI.
+Every request goes the whole way: proxy, ingress, validation, batching, encoder, decoder. Latency
+limits are the defaults x4 (this machine is small and shared, and Locust runs on the same cores);
+the failure ratio limit is 0: one unexpected answer fails CI.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loadtests.mix import MIX
@@ -35,10 +36,35 @@ def locust(url: str, prefix: Path, seconds: int, users: int, shape: str = "stead
 
 
 @pytest.fixture(scope="module")
-def smoke(service, tmp_path_factory):
+def embedded(service):
+    """The shipped model behind the real app, at {service.url}/embedded."""
+    from ray import serve
+
+    from model.translator import EMBEDDED_MODEL
+    from service.app import AppArgs, ModelSpec, build_app
+
+    spec = ModelSpec(name="embedded", path=str(EMBEDDED_MODEL), pairs=["en-de", "de-en"], num_cpus=1, threads=1)
+    serve.run(build_app(AppArgs(models=[spec])), name="embedded", route_prefix="/embedded")
+    yield service.url + "/embedded"
+    serve.delete("embedded")
+
+
+@pytest.fixture(scope="module")
+def smoke(embedded, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    run = locust(service.url, out / "locust", seconds=20, users=6, extra=SMOKE_SLO)
+    run = locust(embedded, out / "locust", seconds=20, users=6, extra=SMOKE_SLO)
     return out, run
+
+
+def test_the_smoke_target_translates_with_the_shipped_model(embedded):
+    from tests.model.test_embedded import GOLDEN
+
+    src, target, ref = GOLDEN[0]
+    source = "en" if target == "de" else "de"
+    r = httpx.post(embedded + "/v1/translate", json={"text": src, "source_lang": source, "target_lang": target},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["translations"][0]["text"] == ref
 
 
 def test_smoke_load_meets_the_slo(smoke):
