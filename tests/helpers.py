@@ -84,3 +84,14 @@ def tiny_model_dir(out_dir: Path, seed: int = 0) -> Path:
     cfg = marian_config(vocab_size=len(vocab), pad_token_id=pad, decoder_start_token_id=pad)
     save_hf_model(cfg, out_dir, seed=seed)
     return out_dir
+
+
+def hf_tokens(out: torch.Tensor, cfg) -> list[list[int]]:
+    """transformers' generate() output -> generated ids without the start token, EOS and padding."""
+    rows = []
+    for row in out.tolist():
+        ids = row[1:]
+        if cfg.eos_token_id in ids:
+            ids = ids[: ids.index(cfg.eos_token_id)]
+        rows.append([i for i in ids if i != cfg.pad_token_id])
+    return rows

@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from model.translator import EMBEDDED_MODEL, Translator
+from tests.helpers import hf_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_BYTES = 25 * 1024 * 1024
@@ -81,5 +82,4 @@ def test_transformers_loads_the_shipped_weights_and_agrees(translator):
     with torch.no_grad():
         out = hf.generate(input_ids=src, attention_mask=(src != tok.pad_id).long(), num_beams=1, do_sample=False,
                           max_new_tokens=64)
-    theirs = [[t for t in row.tolist()[1:] if t not in (tok.pad_id, hf.config.eos_token_id)] for row in out]
-    assert ours == theirs
+    assert ours == hf_tokens(out, hf.config)

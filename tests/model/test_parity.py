@@ -8,7 +8,7 @@ import torch
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
-from tests.helpers import random_sources
+from tests.helpers import hf_tokens, random_sources
 
 N_SOURCES = 64
 
@@ -16,17 +16,6 @@ N_SOURCES = 64
 def _sources(hf_model, seed: int = 0) -> torch.Tensor:
     cfg = hf_model.config
     return random_sources(N_SOURCES, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, seed=seed)
-
-
-def _hf_tokens(out: torch.Tensor, cfg) -> list[list[int]]:
-    """generate() output -> generated ids without the start token, EOS and padding."""
-    rows = []
-    for row in out.tolist():
-        ids = row[1:]
-        if cfg.eos_token_id in ids:
-            ids = ids[: ids.index(cfg.eos_token_id)]
-        rows.append([i for i in ids if i != cfg.pad_token_id])
-    return rows
 
 
 def test_logits_match(hf_checkpoint):
@@ -53,7 +42,7 @@ def test_generate_matches_transformers(hf_checkpoint, beams, length_penalty):
     settings = GenerationSettings.from_checkpoint(path, hf.config.pad_token_id).override(
         beam_size=beams, length_penalty=length_penalty)
     got = generate(ours, src, settings)
-    assert [h[0].tokens for h in got] == _hf_tokens(ref.sequences, hf.config)
+    assert [h[0].tokens for h in got] == hf_tokens(ref.sequences, hf.config)
     if beams > 1:
         scores = torch.tensor([h[0].score for h in got])
         assert torch.allclose(scores, ref.sequences_scores, atol=1e-4)
@@ -69,7 +58,7 @@ def test_nbest_matches_transformers(hf_checkpoint):
     settings = GenerationSettings.from_checkpoint(path, hf.config.pad_token_id).override(beam_size=4,
                                                                                           num_hypotheses=3)
     got = generate(ours, src, settings)
-    assert [h.tokens for nbest in got for h in nbest] == _hf_tokens(ref, hf.config)
+    assert [h.tokens for nbest in got for h in nbest] == hf_tokens(ref, hf.config)
 
 
 def test_min_length_matches_transformers(hf_checkpoint):
@@ -81,5 +70,5 @@ def test_min_length_matches_transformers(hf_checkpoint):
                           min_length=12, do_sample=False)
     settings = GenerationSettings.from_checkpoint(path, hf.config.pad_token_id).override(beam_size=2, min_length=11)
     got = generate(ours, src, settings)
-    assert [h[0].tokens for h in got] == _hf_tokens(ref, hf.config)
+    assert [h[0].tokens for h in got] == hf_tokens(ref, hf.config)
     assert all(len(h[0].tokens) >= 11 for h in got)
