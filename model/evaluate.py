@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--compare-transformers", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--save-hyps", default=None, help="write each set's translations to this folder")
     args = parser.parse_args(argv)
 
     translator = Translator(args.model, device="cpu")
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 hyps = [r.text for r in translator.translate_batch(src, target_lang=target, beam_size=beam,
                                                                    max_batch_size=args.batch_size)]
+                if args.save_hyps:
+                    out = Path(args.save_hyps) / f"{name.replace('/', '_')}.{direction}.beam{beam}.txt"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text("".join(h + "\n" for h in hyps))
                 row = {"set": name, "direction": direction, "beam": beam, "sentences": len(src),
                        "seconds": round(time.perf_counter() - t0, 1), **score(hyps, ref)}
                 if args.compare_transformers and beam == 1:
