@@ -17,6 +17,16 @@ pytestmark = pytest.mark.slow
 OK = {"source_lang": "en", "target_lang": "de", "beam_size": 1, "max_length": 12}
 
 
+@pytest.fixture(autouse=True)
+def _own_apps_deleted(service):
+    """Each test's application goes when it ends: the session's 4 CPUs hold one at a time."""
+    from ray import serve
+
+    yield
+    for name in set(serve.status().applications) - {"mt"}:
+        serve.delete(name)
+
+
 def _deploy(service, name: str, replicas: int, queued: int):
     from ray import serve
 
