@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from loadtests.workload import held_out_pairs
+from loadtests.workload import held_out_pairs, hf_tokens
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
@@ -97,13 +97,7 @@ def hf(model_dir: Path, device: str, w: Workload, beam: int) -> Run:
         with torch.inference_mode():
             out = model.generate(input_ids=src, attention_mask=(src != cfg.pad_token_id).long(), num_beams=beam,
                                  do_sample=False, **extra)
-        rows = []
-        for row in out.tolist():
-            ids = row[1:]
-            if cfg.eos_token_id in ids:
-                ids = ids[: ids.index(cfg.eos_token_id)]
-            rows.append([i for i in ids if i != cfg.pad_token_id])
-        return rows
+        return hf_tokens(out.tolist(), cfg.eos_token_id, cfg.pad_token_id)
 
     return run
 

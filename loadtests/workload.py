@@ -30,3 +30,14 @@ def sample_sentences(n: int, lang: str = "en", seed: int = 0, folder: Path | Non
     rng = random.Random(seed)
     side = 0 if lang == "en" else 1
     return [rng.choice(pairs)[side] for _ in range(n)]
+
+
+def hf_tokens(sequences: list[list[int]], eos: int, pad: int) -> list[list[int]]:
+    """transformers' generate() rows -> generated ids without the start token, EOS and padding."""
+    rows = []
+    for row in sequences:
+        ids = row[1:]
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        rows.append([i for i in ids if i != pad])
+    return rows

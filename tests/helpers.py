@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from loadtests import workload
+
 WORDS_EN = """a man woman child dog cat ball street water red blue green small big young old runs jumps plays
 sits walks on in at with near the of two three people group shirt hat bike car house tree park beach snow grass
 field city music guitar playing wearing holding looking""".split()
@@ -88,10 +90,4 @@ def tiny_model_dir(out_dir: Path, seed: int = 0) -> Path:
 
 def hf_tokens(out: torch.Tensor, cfg) -> list[list[int]]:
     """transformers' generate() output -> generated ids without the start token, EOS and padding."""
-    rows = []
-    for row in out.tolist():
-        ids = row[1:]
-        if cfg.eos_token_id in ids:
-            ids = ids[: ids.index(cfg.eos_token_id)]
-        rows.append([i for i in ids if i != cfg.pad_token_id])
-    return rows
+    return workload.hf_tokens(out.tolist(), cfg.eos_token_id, cfg.pad_token_id)
