@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -181,7 +182,10 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error", libre=_libre(request))
 
 
-@serve.deployment(name="ingress", max_ongoing_requests=256)
+# When the ingress itself is full, Serve's proxy sheds the request before our code sees it: the
+# same Retry-After as the model's queue, so every 503 says when to come back.
+@serve.deployment(name="ingress", max_ongoing_requests=256,
+                  backpressure_config=BackpressureConfig(retry_after_s=RETRY_AFTER_S))
 @serve.ingress(app)
 class Ingress:
     def __init__(self, models: dict[str, DeploymentHandle], pairs: dict[str, str],

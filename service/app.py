@@ -6,13 +6,20 @@ routes each language pair to the deployment that serves it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray.serve import Application
 
 from model.translator import EMBEDDED_MODEL, language_pairs
 from service.api import Ingress
 from service.deployments import ModelDeployment
 from service.settings import BatchingConfig
+
+
+def _queue_bound(v: int) -> int:
+    # Serve refuses 0 only when the deployment is created; say so while the config is read.
+    if v == 0:
+        raise ValueError("a queue bound is -1 (no limit) or at least 1")
+    return v
 
 
 class ModelSpec(BaseModel):
@@ -27,8 +34,12 @@ class ModelSpec(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads per replica (0: OMP_NUM_THREADS or all cores)")
     dtype: str | None = Field(None, pattern=r"^(float32|float16|bfloat16)$")
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(256, ge=-1)
+    max_queued_requests: int = Field(256, ge=-1, description="-1: no limit (Serve's default); 0 is not a bound")
 
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _bounded_or_unlimited(cls, v: int) -> int:
+        return _queue_bound(v)
     def resolved_pairs(self) -> list[str]:
         return self.pairs or language_pairs(self.path)
 
@@ -39,10 +50,16 @@ class AppArgs(BaseModel):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(name="embedded", path=str(EMBEDDED_MODEL))])
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     ingress_replicas: int = Field(1, ge=1)
-    ingress_max_queued_requests: int = Field(512, ge=-1, description="beyond this the proxy answers 503")
+    ingress_max_ongoing_requests: int = Field(256, ge=1, description="requests one ingress replica handles at once")
+    ingress_max_queued_requests: int = Field(512, ge=-1, description="beyond this the proxy answers 503 + Retry-After")
     # Where keys come from (a mounted Secret); the keys themselves never appear in args.
     api_keys_file: str | None = None
     rate_limit_per_minute: int | None = Field(None, ge=0, description="texts per minute per API key")
+
+    @field_validator("ingress_max_queued_requests")
+    @classmethod
+    def _ingress_bounded_or_unlimited(cls, v: int) -> int:
+        return _queue_bound(v)
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:
@@ -76,6 +93,6 @@ def build_app(args: AppArgs) -> Application:
         handles[spec.name] = ModelDeployment.options(**options).bind(
             spec.name, spec.path, spec.resolved_pairs(), device, spec.threads, spec.dtype)
         pairs.update({p: spec.name for p in spec.resolved_pairs()})
-    return Ingress.options(num_replicas=args.ingress_replicas,
+    return Ingress.options(num_replicas=args.ingress_replicas, max_ongoing_requests=args.ingress_max_ongoing_requests,
                            max_queued_requests=args.ingress_max_queued_requests).bind(
         handles, pairs, args.api_keys_file, args.rate_limit_per_minute)

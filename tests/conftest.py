@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,20 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60), **kw)
 
 
+def _wait_for_http(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {seconds}s")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def service(tiny_model) -> Iterator[Service]:
     import ray
@@ -72,11 +87,18 @@ def service(tiny_model) -> Iterator[Service]:
     http_port, metrics_port = free_port(), free_port()
     ray.init(_node_ip_address=HOST, num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port,
              configure_logging=False, _system_config={"metrics_report_interval_ms": 1000})
-    serve.start(http_options={"host": HOST, "port": http_port})
+    try:
+        serve.start(http_options={"host": HOST, "port": http_port})
+    except ray.exceptions.ActorDiedError:
+        # On a starved machine the controller can kill the proxy it is starting before it runs;
+        # it starts a fresh one itself: connect to that controller and wait for HTTP (below).
+        serve.start(http_options={"host": HOST, "port": http_port})
     spec = ModelSpec(name="tiny", path=str(tiny_model), pairs=["en-de", "de-en"], num_cpus=1, threads=1)
-    # A generous wait so concurrent test requests meet in one batch.
-    args = AppArgs(models=[spec], batching=BatchingConfig(batch_wait_timeout_s=0.05))
+    # Request-level batching with a generous wait, so concurrent test requests meet in one batch;
+    # the default (continuous) app is tests/service/test_continuous_http.py's, compared with this one.
+    args = AppArgs(models=[spec], batching=BatchingConfig(mode="request", batch_wait_timeout_s=0.05))
     serve.run(build_app(args), name="mt", route_prefix="/")
+    _wait_for_http(f"http://{HOST}:{http_port}/healthz")
     try:
         yield Service(f"http://{HOST}:{http_port}", f"http://{HOST}:{metrics_port}/metrics", tiny_model, metrics_port)
     finally:

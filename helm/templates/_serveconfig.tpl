@@ -35,7 +35,8 @@ when security.* sets them (the default render equals deploy/serve_config.yaml).
       "max_batch_sentences" $s.batching.maxBatchSentences
       "slots" $s.batching.slots
       "max_encode_tokens" $s.batching.maxEncodeTokens }}
-{{- $args := dict "ingress_replicas" $s.ingressReplicas "ingress_max_queued_requests" $s.ingressMaxQueuedRequests
+{{- $args := dict "ingress_replicas" $s.ingressReplicas "ingress_max_ongoing_requests" $s.ingressMaxOngoingRequests
+      "ingress_max_queued_requests" $s.ingressMaxQueuedRequests
       "batching" $batching "models" $models }}
 {{- /* Only where the keys file is mounted (a Secret): the keys themselves never reach the args. */}}
 {{- with .Values.security.apiKeys.existingSecret }}

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from service.app import AppArgs
+from service.app import AppArgs, ModelSpec
 from tests.deploy.conftest import REPO, Rendered
 
 
@@ -75,6 +75,7 @@ def test_serve_config_is_accepted_by_ray_serve(rendered: Rendered):
         batching["maxBatchSentences"], batching["slots"], batching["maxEncodeTokens"])
     assert args.ingress_replicas == values["ingressReplicas"]
     assert args.ingress_max_queued_requests == values["ingressMaxQueuedRequests"] >= 1
+    assert args.ingress_max_ongoing_requests == values["ingressMaxOngoingRequests"]
     security = rendered.values["security"]
     assert args.rate_limit_per_minute == security.get("rateLimitPerMinute")
     assert (args.api_keys_file is not None) == bool(security["apiKeys"]["existingSecret"])
@@ -102,7 +103,7 @@ def test_batching_and_security_values_reach_serve(rendered_cases):
     assert args["api_keys_file"] == "/etc/mt-serve/api-keys/keys"
     assert args["rate_limit_per_minute"] == 600 and args["ingress_max_queued_requests"] == 256
     (app,) = rendered_cases["default"].serve_config["applications"]
-    assert app["args"]["batching"]["mode"] == "request"  # the chart's default, for now
+    assert app["args"]["batching"]["mode"] == "continuous"  # the chart's default, as the service's
     assert not {"api_keys_file", "rate_limit_per_minute"} & set(app["args"])
 
 
@@ -125,3 +126,12 @@ def test_checks_catch_what_serve_would_ignore(rendered_cases):
     config["applications"][0]["args"]["models"][0]["num_gpu"] = 1
     with pytest.raises(ValueError, match="num_gpu"):
         check_serve_config(config)
+
+
+def test_a_queue_bound_of_zero_is_refused_when_the_config_is_read():
+    # Serve itself refuses 0 only when it creates the deployment, long after a rollout started.
+    with pytest.raises(ValidationError, match=r"-1 \(no limit\) or at least 1"):
+        AppArgs(ingress_max_queued_requests=0)
+    with pytest.raises(ValidationError, match=r"-1 \(no limit\) or at least 1"):
+        ModelSpec(name="m", path="models/x", pairs=["en-de"], max_queued_requests=0)
+    assert AppArgs(ingress_max_queued_requests=-1).ingress_max_queued_requests == -1
