@@ -6,7 +6,9 @@ routes each language pair to the deployment that serves it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
 from model.translator import EMBEDDED_MODEL, language_pairs
@@ -22,6 +24,9 @@ def _queue_bound(v: int) -> int:
     return v
 
 
+QueueBound = Annotated[int, Field(ge=-1), AfterValidator(_queue_bound)]
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,12 +39,8 @@ class ModelSpec(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads per replica (0: OMP_NUM_THREADS or all cores)")
     dtype: str | None = Field(None, pattern=r"^(float32|float16|bfloat16)$")
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(256, ge=-1, description="-1: no limit (Serve's default); 0 is not a bound")
+    max_queued_requests: QueueBound = Field(256, description="-1: no limit (Serve's default); 0 is not a bound")
 
-    @field_validator("max_queued_requests")
-    @classmethod
-    def _bounded_or_unlimited(cls, v: int) -> int:
-        return _queue_bound(v)
     def resolved_pairs(self) -> list[str]:
         return self.pairs or language_pairs(self.path)
 
@@ -51,15 +52,10 @@ class AppArgs(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     ingress_replicas: int = Field(1, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1, description="requests one ingress replica handles at once")
-    ingress_max_queued_requests: int = Field(512, ge=-1, description="beyond this the proxy answers 503 + Retry-After")
+    ingress_max_queued_requests: QueueBound = Field(512, description="beyond this the proxy answers 503 + Retry-After")
     # Where keys come from (a mounted Secret); the keys themselves never appear in args.
     api_keys_file: str | None = None
     rate_limit_per_minute: int | None = Field(None, ge=0, description="texts per minute per API key")
-
-    @field_validator("ingress_max_queued_requests")
-    @classmethod
-    def _ingress_bounded_or_unlimited(cls, v: int) -> int:
-        return _queue_bound(v)
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:
