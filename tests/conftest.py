@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -64,16 +65,12 @@ class Service:
 
 def _wait_for_http(url: str, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
-    while True:
-        try:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=5).status_code == 200:
                 return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer 200 within {seconds}s")
         time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {seconds}s")
 
 
 @pytest.fixture(scope="session")
