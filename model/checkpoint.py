@@ -146,7 +146,9 @@ def load_model(path: str | Path, *, device: str | torch.device | None = None, dt
     from model.positions import sinusoids
 
     model.positions = sinusoids(cfg.max_position_embeddings, cfg.d_model).to(device=device, dtype=dtype)
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    model.pack_output_projection()
+    return model
 
 
 def marian_tensors(model: Transformer) -> dict[str, Tensor]:

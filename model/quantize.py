@@ -21,4 +21,5 @@ def quantize_int8(model: Transformer) -> Transformer:
         raise ValueError("int8 dynamic quantization runs on CPU only; on CUDA use float16")
     quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).float(), {nn.Linear},
                                                        dtype=torch.qint8)
+    quantized.packed_head = None  # the int8 output projection replaces the packed fp32 one
     return quantized.eval()

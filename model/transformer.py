@@ -32,6 +32,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(d, cfg.target_vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.dec_embed.weight
+        # Set by pack_output_projection() for fp32 inference on CPU (model/packed_head.py).
+        self.packed_head: nn.Module | None = None
         self.register_buffer("final_logits_bias", torch.zeros(cfg.target_vocab_size))
         self.register_buffer("positions", sinusoids(cfg.max_position_embeddings, d), persistent=False)
         self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
@@ -93,4 +95,15 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, pos, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
                            cache.src_bias, self_bias)
-        return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()
+        head = self.packed_head if self.packed_head is not None and x.dtype == torch.float32 \
+            and x.device.type == "cpu" else self.lm_head
+        return (head(x[:, 0]) + self.final_logits_bias).float()
+
+    def pack_output_projection(self) -> None:
+        """Decoding steps on CPU in float32 use a oneDNN-packed copy of the output projection
+        (the step's largest matmul; see model/packed_head.py). Call once the weights are final."""
+        from model import packed_head
+
+        weight = self.lm_head.weight
+        if packed_head.available() and weight.device.type == "cpu" and weight.dtype == torch.float32:
+            self.packed_head = packed_head.PackedHead(self.lm_head)

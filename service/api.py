@@ -64,6 +64,7 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
                    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}},
 }
 RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
+CLIENT_CLOSED = 499  # the status label of a request whose client went away (nginx's code; never sent)
 EXPLORER_PAGE = Path(__file__).parent / "static" / "explorer.html"
 # The page's script and style are inline; it loads nothing from elsewhere and talks only to this server.
 EXPLORER_HEADERS = {
@@ -182,6 +183,35 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error", libre=_libre(request))
 
 
+async def _until_client_leaves(request: Request) -> None:
+    """Returns once the client has gone. The body has been read, so the next ASGI message is the
+    disconnect; a receive that fails means Serve's proxy has already dropped the request."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # any failure to reach the proxy means nobody waits for the answer
+        return
+
+
+async def _unless_client_leaves(work: Any, request: Request) -> Any:
+    """Runs `work`, cancelled (and with it the model's share) when the client disconnects.
+
+    Serve cancels a request whose client leaves, but a cancel that reaches the replica before the
+    request starts is lost, and requests still queued in the proxy are delivered after their client
+    left: both used to run to the end (ray-project/ray#50046 is the batched variant of this)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_until_client_leaves(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            raise asyncio.CancelledError("the client disconnected")
+        return task.result()
+    finally:
+        gone.cancel()
+        task.cancel()  # no-op when done; when we are cancelled ourselves, the work stops too
+
+
 # When the ingress itself is full, Serve's proxy sheds the request before our code sees it: the
 # same Retry-After as the model's queue, so every 503 says when to come back.
 @serve.deployment(name="ingress", max_ongoing_requests=256,
@@ -232,17 +262,20 @@ class Ingress:
         except RequestRejected as exc:
             raise ApiError(exc.code, exc.type, exc.message) from None
 
-    async def _observed(self, route: str, pair: str, work):
+    async def _observed(self, route: str, pair: str, work: Any, request: Request) -> Any:
         started = time.perf_counter()
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight, tags={"replica": self.replica})
         code = 500
         try:
-            result = await work
+            result = await _unless_client_leaves(work, request)
             code = 200
             return result
         except ApiError as exc:
             code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = CLIENT_CLOSED
             raise
         finally:
             self.in_flight -= 1
@@ -255,7 +288,7 @@ class Ingress:
               "description": "JSON, or with `stream: true` server-sent events: `start`, one `sentence` per "
                              "sentence in document order (its `text` keeps the whitespace around it, so an item's "
                              "texts concatenate to its translation), then `done`."}})
-    async def translate(self, body: TranslateRequest) -> Any:
+    async def translate(self, body: TranslateRequest, request: Request) -> Any:
         """Translate one text or a list of texts. Documents are split into sentences and rejoined."""
         started = time.perf_counter()
         pair = f"{body.source_lang}-{body.target_lang}"
@@ -280,7 +313,7 @@ class Ingress:
                                 compute_s=result.compute_s),
             )
 
-        return await self._observed("/v1/translate", pair_label, work())
+        return await self._observed("/v1/translate", pair_label, work(), request)
 
     async def _stream(self, handle: DeploymentHandle, job: TranslationJob) -> StreamingResponse:
         """Server-sent events; errors that come before the first event are still plain HTTP errors."""
@@ -310,7 +343,7 @@ class Ingress:
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/attention", response_model=AttentionResponse, tags=["translate"])
-    async def attention(self, body: AttentionRequest) -> AttentionResponse:
+    async def attention(self, body: AttentionRequest, request: Request) -> AttentionResponse:
         """Translate one sentence and return every attention map (encoder, decoder, cross) of every
         layer and head, with the word alignment. For the explorer page and for inspection."""
         pair = f"{body.source_lang}-{body.target_lang}"
@@ -329,7 +362,7 @@ class Ingress:
             except RequestRejected as exc:
                 raise ApiError(exc.code, exc.type, exc.message) from None
 
-        return await self._observed("/v1/attention", pair if pair in self.pairs else "unknown", work())
+        return await self._observed("/v1/attention", pair if pair in self.pairs else "unknown", work(), request)
 
     @app.get("/explorer", response_class=HTMLResponse, include_in_schema=False)
     async def explorer(self) -> HTMLResponse:
@@ -388,7 +421,7 @@ class Ingress:
                 out["detectedLanguage"] = detected if isinstance(body.q, str) else [detected] * len(body.q)
             return JSONResponse(out)
 
-        return await self._observed("/translate", pair if pair in self.pairs else "unknown", work())
+        return await self._observed("/translate", pair if pair in self.pairs else "unknown", work(), request)
 
     async def _libre_body(self, request: Request) -> LibreTranslateRequest:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -233,6 +233,8 @@ class Gatekeeper:
             except TimeoutError:
                 raise Rejected(408, "request_timeout",
                                f"the request body did not arrive within {self.config.body_timeout_s:g}s") from None
+            except Exception:  # Serve's proxy dropped the request (its client left): no one reads an answer
+                raise Rejected(400, "invalid_request", "client disconnected") from None
             if message["type"] == "http.disconnect":
                 raise Rejected(400, "invalid_request", "client disconnected")
             chunk = message.get("body", b"")

@@ -1,0 +1,64 @@
+"""The oneDNN-packed output projection (model/packed_head.py) changes speed, not answers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from loadtests.workload import held_out_pairs
+from model.checkpoint import load_model
+from model.decoding import generate
+from model.generation import GenerationSettings
+from model.packed_head import PackedHead, available
+from model.tokenizer import MarianTokenizer
+from model.translator import EMBEDDED_MODEL, pad_batch
+
+pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN")
+
+
+@pytest.fixture(scope="module")
+def models():
+    packed = load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.float32)
+    plain = copy.deepcopy(packed)
+    plain.packed_head = None
+    return packed, plain
+
+
+def test_load_model_packs_the_output_projection_for_fp32_cpu(models):
+    packed, _ = models
+    assert isinstance(packed.packed_head, PackedHead)
+    assert not any("packed" in name for name in packed.state_dict())  # checkpoints are unchanged
+    assert load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.bfloat16).packed_head is None
+
+
+def test_logits_match_the_plain_projection(models):
+    packed, _ = models
+    x = torch.randn(7, packed.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.packed_head(x), packed.lm_head(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_held_out_translations_are_token_identical(models, beam):
+    packed, plain = models
+    tok = MarianTokenizer(EMBEDDED_MODEL)
+    sources = tok.encode_batch([en for en, _ in held_out_pairs()[:96]], target_lang="de")
+    settings = GenerationSettings(beam_size=beam, max_length=128, banned_ids=(tok.pad_id,))
+    with torch.inference_mode():
+        for start in range(0, len(sources), 16):
+            batch = pad_batch(sources[start : start + 16], tok.pad_id)
+            ours, reference = generate(packed, batch, settings), generate(plain, batch, settings)
+            assert [h[0].tokens for h in ours] == [h[0].tokens for h in reference]
+
+
+def test_deepcopy_and_int8_quantization(models):
+    from model.quantize import quantize_int8
+
+    packed, _ = models
+    twin = copy.deepcopy(packed)  # oneDNN tensors cannot be copied: the copy re-packs
+    x = torch.randn(3, packed.cfg.d_model)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin.packed_head(x), packed.packed_head(x))
+    assert quantize_int8(packed).packed_head is None  # int8 uses its own quantized projection
