@@ -91,3 +91,12 @@ def tiny_model_dir(out_dir: Path, seed: int = 0) -> Path:
 def hf_tokens(out: torch.Tensor, cfg) -> list[list[int]]:
     """transformers' generate() output -> generated ids without the start token, EOS and padding."""
     return workload.hf_tokens(out.tolist(), cfg.eos_token_id, cfg.pad_token_id)
+
+
+def metric_sum(metrics_url: str, name: str, *labels: str) -> float:
+    """A metric summed over its series (Ray exports one per replica) whose labels include all `labels`."""
+    import httpx
+
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and all(label in line for label in labels))

@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 
+from tests.helpers import metric_sum
+
 OK = {"source_lang": "en", "target_lang": "de"}
 
 
@@ -67,9 +69,7 @@ def test_streaming_errors_before_the_first_event_are_http_errors(cont):
 
 
 def _gauge(service, name: str) -> float:
-    text = httpx.get(service.metrics_url, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'model="tiny"' in line)
+    return metric_sum(service.metrics_url, name, 'model="tiny"')
 
 
 def test_abandoned_requests_free_their_slots(service, cont):

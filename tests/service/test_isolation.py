@@ -12,6 +12,7 @@ import httpx
 
 from model.generation import GenerationSettings
 from service.engine import Engine, SentenceTask
+from tests.helpers import metric_sum
 
 OK = {"source_lang": "en", "target_lang": "de"}
 
@@ -48,15 +49,8 @@ def test_poisoned_batch(service):
     assert codes == [200] * 100
 
 
-def _metric(service, name: str, *labels: str) -> float:
-    """The sum of a metric's series whose labels include all of `labels`."""
-    text = httpx.get(service.metrics_url, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(label in line for label in labels))
-
-
 def _in_flight(service) -> float:
-    return _metric(service, "ray_mt_requests_in_flight")
+    return metric_sum(service.metrics_url, "ray_mt_requests_in_flight")
 
 
 def test_disconnected_clients_leave_no_work_running(service):
@@ -79,7 +73,7 @@ def test_disconnected_clients_leave_no_work_running(service):
         return 10 / (time.perf_counter() - start)
 
     baseline = rate()
-    errors_before = _metric(service, "ray_mt_requests_total", 'status="5xx"')
+    errors_before = metric_sum(service.metrics_url, "ray_mt_requests_total", 'status="5xx"')
     asyncio.run(crowd())
     # The proxy still delivers requests queued before their clients left, so the count can rise after
     # the crowd: it must be back to 0 within 5 s (+1 s, a metrics report) and stay there for 3 s.
@@ -93,7 +87,7 @@ def test_disconnected_clients_leave_no_work_running(service):
         time.sleep(0.25)
     assert quiet_since is not None and time.time() - quiet_since >= 3, f"in flight: {_in_flight(service)}"
     # A client that leaves is not a server error (it was counted as one: status 500 by default).
-    assert _metric(service, "ray_mt_requests_total", 'status="5xx"') == errors_before
+    assert metric_sum(service.metrics_url, "ray_mt_requests_total", 'status="5xx"') == errors_before
     assert rate() > 0.5 * baseline  # throughput back (the machine is shared and noisy: a loose bound)
 
 
