@@ -1,6 +1,6 @@
 """Continuous (iteration-level) vs request-level batching under open-loop load, through the real service.
 
-    python -m loadtests.bench_continuous [--model DIR] [--loads 0.5 1 2 4] [--duration 40] [--beam 1]
+    python -m loadtests.bench_continuous [--model DIR] [--loads 4 8 16 24 32] [--duration 40] [--beam 1]
                                          [--out reports/continuous]
 
 Requests arrive as a Poisson process (open loop: the client never waits for an answer before
@@ -93,6 +93,37 @@ async def open_loop(url: str, rate: float, duration: float, seed: int, beam: int
     }
 
 
+def deploy(mode: str, args: argparse.Namespace) -> None:
+    """(Re)deploy the app in `mode` and warm it up."""
+    from ray import serve
+
+    from service.app import AppArgs, ModelSpec, build_app
+    from service.settings import BatchingConfig
+
+    spec = ModelSpec(name="bench", path=args.model, pairs=language_pairs(args.model), threads=args.threads,
+                     max_ongoing_requests=1000, max_queued_requests=-1)
+    app = build_app(AppArgs(models=[spec], batching=BatchingConfig(mode=mode), ingress_max_queued_requests=-1))
+    serve.run(app, name="mt", route_prefix="/")
+    asyncio.run(open_loop(args.url, 2.0, 5.0, 99, args.beam))
+
+
+def compare(results: dict[str, list[dict]], p99_limit: float) -> dict:
+    """The issue's criterion: at the lowest load where request mode's p99 exceeds the limit,
+    continuous mode should give >= 1.5x the throughput or <= half the p99."""
+    request, continuous = results.get("request", []), results.get("continuous", [])
+    at = next((i for i, row in enumerate(request) if row["p99_s"] > p99_limit), None)
+    if at is None or at >= len(continuous):
+        return {"load": None, "summary": f"request mode stayed within p99 {p99_limit} s at every load: no verdict"}
+    r, c = request[at], continuous[at]
+    throughput = c["sentences_per_s"] / r["sentences_per_s"]
+    p99 = c["p99_s"] / r["p99_s"]
+    met = throughput >= 1.5 or p99 <= 0.5
+    return {"load": r["offered_rps"], "throughput_ratio": throughput, "p99_ratio": p99, "met": met,
+            "summary": f"at {r['offered_rps']} req/s (request mode's p99 {r['p99_s']:.2f} s > {p99_limit} s): "
+                       f"continuous/request throughput {throughput:.2f}x, p99 {p99:.2f}x -> "
+                       f"target (>= 1.5x or <= 0.5x) {'met' if met else 'MISSED'}"}
+
+
 def plot(results: dict[str, list[dict]], out: Path) -> None:
     import matplotlib
 
@@ -116,19 +147,19 @@ def plot(results: dict[str, list[dict]], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(EMBEDDED_MODEL))
-    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--loads", type=float, nargs="+", default=[4.0, 8.0, 16.0, 24.0, 32.0])
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["request", "continuous"])
+    parser.add_argument("--p99-limit", type=float, default=2.0,
+                        help="latency objective (s): the comparison is made where request mode first exceeds it")
     parser.add_argument("--out", default="reports/continuous")
     args = parser.parse_args(argv)
 
     import ray
     from ray import serve
 
-    from service.app import AppArgs, ModelSpec, build_app
-    from service.settings import BatchingConfig
     from tests.conftest import free_port
 
     out = Path(args.out)
@@ -136,19 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     ray.init(_node_ip_address=HOST, include_dashboard=False, configure_logging=False, logging_level="ERROR")
     serve.start(http_options={"host": HOST, "port": port}, logging_config={"log_level": "ERROR"})
-    url = f"http://{HOST}:{port}"
-    results: dict[str, list[dict]] = {}
+    args.url = f"http://{HOST}:{port}"
+    results: dict[str, list[dict]] = {mode: [] for mode in args.modes}
     try:
-        for mode in args.modes:
-            spec = ModelSpec(name="bench", path=args.model, pairs=language_pairs(args.model), threads=args.threads,
-                             max_ongoing_requests=1000, max_queued_requests=-1)
-            app = build_app(AppArgs(models=[spec], batching=BatchingConfig(mode=mode),
-                                    ingress_max_queued_requests=-1))
-            serve.run(app, name="mt", route_prefix="/")
-            asyncio.run(open_loop(url, 2.0, 5.0, 99, args.beam))  # warm-up
-            results[mode] = []
-            for rate in args.loads:
-                row = asyncio.run(open_loop(url, rate, args.duration, int(rate * 1000), args.beam))
+        # Modes alternate at each load, so both see the same machine state (it is shared and noisy).
+        for rate in args.loads:
+            for mode in args.modes:
+                deploy(mode, args)
+                row = asyncio.run(open_loop(args.url, rate, args.duration, int(rate * 1000), args.beam))
                 results[mode].append(row)
                 print(f"{mode:10} offered {rate:5.2f} rps: {row['rps']:6.2f} rps, {row['sentences_per_s']:6.2f} "
                       f"sent/s, p50 {row['p50_s']:6.2f}s, p99 {row['p99_s']:6.2f}s, failures {row['failures']}",
@@ -156,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
+    verdict = compare(results, args.p99_limit)
+    print(verdict["summary"])
+    (out / "results.json").write_text(
+        json.dumps({"args": vars(args), "results": results, "verdict": verdict}, indent=1) + "\n")
     plot(results, out / "continuous_vs_request.png")
     print(f"wrote {out / 'results.json'} and {out / 'continuous_vs_request.png'}")
 
