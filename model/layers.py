@@ -89,7 +89,16 @@ class DecoderLayer(nn.Module):
             self_v[rows, :, pos] = v[:, :, 0]
         h = attend(q, self_k, self_v, self_bias)
         x = self.self_attn_norm(x + self.self_attn.out(merge_heads(h)))
-        q = split_heads(self.cross_attn.q(x), self.cross_attn.heads)
-        h = attend(q, cross_k, cross_v, src_bias)
-        x = self.cross_attn_norm(x + self.cross_attn.out(merge_heads(h)))
+        x = self.cross_attn_norm(x + self.cross_attn.out(self._cross_step(x, cross_k, cross_v, src_bias)))
         return self.ffn_norm(x + self.ffn(x))
+
+    def _cross_step(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, src_bias: Tensor) -> Tensor:
+        """Cross-attention of one new position (B, 1, D) -> (B, 1, D). When the cache holds one
+        source per group of rows (beams: B = N x K), each source's K rows attend to it as K queries."""
+        b, sources, heads = x.shape[0], cross_k.shape[0], self.cross_attn.heads
+        q = self.cross_attn.q(x)
+        if sources == b:
+            return merge_heads(attend(split_heads(q, heads), cross_k, cross_v, src_bias))
+        group = b // sources
+        q = split_heads(q.view(sources, group, -1), heads)  # (N, H, K, Dh)
+        return merge_heads(attend(q, cross_k, cross_v, src_bias)).view(b, 1, -1)

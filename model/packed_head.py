@@ -26,26 +26,27 @@ def available() -> bool:
 class PackedHead(nn.Module):
     """A snapshot of `linear`'s weight in oneDNN's layout: build it after the weights are final."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, extra_bias: Tensor | None = None) -> None:
+        """`extra_bias` (V,) is added too (Marian's final_logits_bias): oneDNN adds it while writing
+        the output, which spares the step a pass over the (rows x V) logits. All zeros: skipped."""
         super().__init__()
         weight = linear.weight.detach()
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             raise ValueError(f"packing is for float32 on CPU; got {weight.dtype} on {weight.device.type}")
         self.weight = weight  # the dense original (shared, not copied): deepcopy re-packs from it
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        biases = [b.detach() for b in (linear.bias, extra_bias) if b is not None and bool(b.any())]
+        self.bias = sum(biases[1:], biases[0]).contiguous() if biases else None
         self.out_features = linear.out_features
 
     def __deepcopy__(self, memo: dict) -> PackedHead:
         # oneDNN's packed tensor has no storage to copy: pack the copied weight again.
-        linear = nn.Linear(self.weight.shape[1], self.out_features, bias=self.bias is not None)
+        linear = nn.Linear(self.weight.shape[1], self.out_features, bias=False)
         linear.weight = nn.Parameter(copy.deepcopy(self.weight, memo), requires_grad=False)
-        if self.bias is not None:
-            linear.bias = nn.Parameter(copy.deepcopy(self.bias, memo), requires_grad=False)
-        return PackedHead(linear)
+        return PackedHead(linear, None if self.bias is None else copy.deepcopy(self.bias, memo))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (..., D) -> (..., V)."""
+        """x (..., D) -> (..., V), biases included."""
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], self.out_features)

@@ -80,10 +80,12 @@ class Transformer(nn.Module):
         return self.lm_head(x) + self.final_logits_bias
 
     # -- decoder, one step over the cache --------------------------------------------------
-    def start_cache(self, memory: Tensor, src_bias: Tensor, max_len: int) -> KVCache:
-        """Cross-attention K/V for every layer, computed once; self-attention buffers for max_len steps."""
+    def start_cache(self, memory: Tensor, src_bias: Tensor, max_len: int, beams: int = 1) -> KVCache:
+        """Cross-attention K/V for every layer, computed once per source; self-attention buffers for
+        max_len steps and `beams` rows per source (row i * beams + b is beam b of source i)."""
         ks, vs = zip(*(layer.cross_attn.project_memory(memory) for layer in self.decoder))
-        return KVCache.allocate(torch.stack(ks), torch.stack(vs), src_bias, max_len)  # (L, B, H, S, Dh)
+        return KVCache.allocate(torch.stack(ks), torch.stack(vs), src_bias, max_len,  # (L, N, H, S, Dh)
+                                rows=memory.shape[0] * beams)
 
     def decode_step(self, tokens: Tensor, pos: int | Tensor, cache: KVCache, self_bias: Tensor | None = None) -> Tensor:
         """tokens (B,) at position `pos` (one int, or (B,) per row) -> next-token logits (B, V), float32.
@@ -95,9 +97,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, pos, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
                            cache.src_bias, self_bias)
-        head = self.packed_head if self.packed_head is not None and x.dtype == torch.float32 \
-            and x.device.type == "cpu" else self.lm_head
-        return (head(x[:, 0]) + self.final_logits_bias).float()
+        if self.packed_head is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self.packed_head(x[:, 0])  # final_logits_bias included
+        return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()
 
     def pack_output_projection(self) -> None:
         """Decoding steps on CPU in float32 use a oneDNN-packed copy of the output projection
@@ -106,4 +108,4 @@ class Transformer(nn.Module):
 
         weight = self.lm_head.weight
         if packed_head.available() and weight.device.type == "cpu" and weight.dtype == torch.float32:
-            self.packed_head = packed_head.PackedHead(self.lm_head)
+            self.packed_head = packed_head.PackedHead(self.lm_head, self.final_logits_bias)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from loadtests.workload import held_out_pairs
+from model import decoding
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
+from model.tokenizer import MarianTokenizer
+from model.translator import EMBEDDED_MODEL, pad_batch
 from tests.helpers import random_sources
 
 
@@ -15,7 +20,8 @@ def test_batch_equals_one_by_one(hf_checkpoint, beams):
     path, _ = hf_checkpoint
     model = load_model(path, device="cpu")
     cfg = model.cfg
-    src = random_sources(24, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, seed=5)
+    src = random_sources(40, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, seed=5)
+    assert src.shape[0] >= 2 * decoding.ENCODE_CHUNK  # the batch is encoded in chunks, each alone
     settings = GenerationSettings.from_checkpoint(path, cfg.pad_token_id).override(beam_size=beams)
     batched = [h[0].tokens for h in generate(model, src, settings)]
     alone = []
@@ -37,3 +43,20 @@ def test_relative_length_limit_per_row(hf_checkpoint):
         for n, hyps in zip(lengths, generate(model, src, settings)):
             limit = int(0.5 * n) + 1
             assert len(hyps[0].tokens) <= limit - 1  # the last allowed token is the forced EOS
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_chunked_encoding_keeps_held_out_translations(monkeypatch, beams):
+    """Big batches encode in length-sorted chunks (less padding): on real sentences the tokens are
+    those of encoding the whole batch at once."""
+    model = load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.float32)
+    tok = MarianTokenizer(EMBEDDED_MODEL)
+    sources = tok.encode_batch([en for en, _ in held_out_pairs()[:128]], target_lang="de")
+    settings = GenerationSettings(beam_size=beams, max_length=128, banned_ids=(tok.pad_id,))
+    for start in range(0, len(sources), 64):
+        batch = pad_batch(sources[start : start + 64], tok.pad_id)
+        chunked = [h[0].tokens for h in generate(model, batch, settings)]
+        monkeypatch.setattr(decoding, "ENCODE_CHUNK", 10_000)
+        whole = [h[0].tokens for h in generate(model, batch, settings)]
+        monkeypatch.undo()
+        assert chunked == whole

@@ -37,7 +37,19 @@ def test_logits_match_the_plain_projection(models):
     packed, _ = models
     x = torch.randn(7, packed.cfg.d_model, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        torch.testing.assert_close(packed.packed_head(x), packed.lm_head(x), rtol=1e-4, atol=1e-4)
+        plain = packed.lm_head(x) + packed.final_logits_bias
+        torch.testing.assert_close(packed.packed_head(x), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_final_logits_bias_is_added_by_the_packed_projection():
+    gen = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(32, 300, bias=False)
+    bias = torch.randn(300, generator=gen)
+    x = torch.randn(5, 32, generator=gen)
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedHead(linear, bias)(x), linear(x) + bias, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copy.deepcopy(PackedHead(linear, bias))(x), linear(x) + bias, rtol=1e-5, atol=1e-5)
+        assert PackedHead(linear, torch.zeros(300)).bias is None  # nothing to add: no pass over the logits
 
 
 @pytest.mark.parametrize("beam", [1, 4])
