@@ -10,6 +10,11 @@ Two weight sets:
   vocab 58101) with the output length forced equal across engines.
 For every (threads, beam, batch) the engines run interleaved, round after round, so all of them
 see the same machine state; the table gives the median round. Ratios are ours / theirs.
+Each engine runs in its own process (started once per configuration, idle while the others
+run): in one process, PyTorch's and CTranslate2's thread pools slow each other down for as long
+as both exist (measured on 2 cores, greedy, batch 16: ours 49 -> 101 ms per batch once a
+CTranslate2 translator had run; CTranslate2 7,150 -> 1,740 tokens/s next to PyTorch), so
+a shared process measures the interference, not the engines.
 A benchmark, not a test: the numbers depend on the machine.
 """
 
@@ -17,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -36,6 +44,7 @@ from model.translator import EMBEDDED_MODEL, pad_batch
 
 Batch = list[list[int]]  # source ids per sentence (</s> included)
 Run = Callable[[Batch], list[list[int]]]  # -> generated ids per sentence (no </s>)
+Engine = Callable[[], Run]  # builds the engine (loads weights): not timed
 
 
 @dataclass
@@ -173,22 +182,44 @@ def opus_workload(work: Path, n: int, length: int) -> Workload:
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
-def measure(engines: dict[str, Run], w: Workload, batch: int, rounds: int, sentences: int) -> dict[str, Result]:
+def _engine_process(conn: Connection, build: Engine, threads: int) -> None:
+    """One engine, alone in its process: build it, then time each batch list it is sent."""
+    torch.set_num_threads(threads)
+    run = build()
+    while (chunks := conn.recv()) is not None:
+        run(chunks[0])  # warm-up, outside the clock
+        outputs: list[list[int]] = []
+        t0 = time.perf_counter()
+        for c in chunks:
+            outputs += run(c)
+        conn.send((time.perf_counter() - t0, outputs))
+
+
+def measure(engines: dict[str, Engine], w: Workload, batch: int, rounds: int, sentences: int,
+            threads: int) -> dict[str, Result]:
     results = {name: Result(name) for name in engines}
     work = w.sources[:sentences]
     chunks = [work[i : i + batch] for i in range(0, len(work), batch)]
-    for run in engines.values():  # warm-up, outside the clock
-        run(chunks[0])
-    for _ in range(rounds):
-        for name, run in engines.items():  # interleaved: every engine once per round
-            outputs: list[list[int]] = []
-            t0 = time.perf_counter()
-            for c in chunks:
-                outputs += run(c)
-            results[name].seconds.append(time.perf_counter() - t0)
-            results[name].outputs = outputs
-            results[name].tokens = sum(len(o) + 1 for o in outputs)  # EOS included
-            results[name].sentences = len(outputs)
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for name, build in engines.items():
+        ours_end, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_engine_process, args=(theirs, build, threads), daemon=True)
+        proc.start()
+        workers[name] = (proc, ours_end)
+    try:
+        for _ in range(rounds):
+            for name, (_, conn) in workers.items():  # interleaved, one at a time: every engine once per round
+                conn.send(chunks)
+                seconds, outputs = conn.recv()
+                results[name].seconds.append(seconds)
+                results[name].outputs = outputs
+                results[name].tokens = sum(len(o) + 1 for o in outputs)  # EOS included
+                results[name].sentences = len(outputs)
+    finally:
+        for proc, conn in workers.values():
+            conn.send(None)
+            proc.join(60)
     return results
 
 
@@ -238,16 +269,16 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(threads)
             for beam in args.beams:
                 half = "float16" if device == "cuda" else "float32"
-                engines: dict[str, Run] = {
-                    "ours": ours(w.model_dir, device, False, w, beam),
-                    "ours-int8": ours(w.model_dir, device, True, w, beam),
-                    "transformers": hf(w.model_dir, device, w, beam),
-                    f"ct2-{half}": ctranslate2_engine(ct2_fp, tok_vocab, device, half, threads, w, beam),
-                    "ct2-int8": ctranslate2_engine(ct2_int8, tok_vocab, device,
-                                                   "int8_float16" if device == "cuda" else "int8", threads, w, beam),
+                int8 = "int8_float16" if device == "cuda" else "int8"
+                engines: dict[str, Engine] = {
+                    "ours": partial(ours, w.model_dir, device, False, w, beam),
+                    "ours-int8": partial(ours, w.model_dir, device, True, w, beam),
+                    "transformers": partial(hf, w.model_dir, device, w, beam),
+                    f"ct2-{half}": partial(ctranslate2_engine, ct2_fp, tok_vocab, device, half, threads, w, beam),
+                    "ct2-int8": partial(ctranslate2_engine, ct2_int8, tok_vocab, device, int8, threads, w, beam),
                 }
                 if args.attention:  # attention recording is opt-in: "ours" is the path with it off
-                    engines["ours+attention"] = ours(w.model_dir, device, False, w, beam, attention=True)
+                    engines["ours+attention"] = partial(ours, w.model_dir, device, False, w, beam, attention=True)
                 if device == "cuda":
                     del engines["ours-int8"]  # dynamic int8 quantization is a CPU path
                 if args.engines:
@@ -256,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                     n = 16 if batch == 1 else max(args.sentences, batch)
                     if weights == "opus" and device == "cpu":  # 75M parameters on 2 cores: fewer sentences
                         n = 8 if batch == 1 else min(n, 64)
-                    results = measure(engines, w, batch, args.rounds, n)
+                    results = measure(engines, w, batch, args.rounds, n, threads)
                     table = report(weights, threads, beam, batch, results, w)
                     rows += table
                     sys.stdout.flush()

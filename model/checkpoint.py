@@ -147,7 +147,7 @@ def load_model(path: str | Path, *, device: str | torch.device | None = None, dt
 
     model.positions = sinusoids(cfg.max_position_embeddings, cfg.d_model).to(device=device, dtype=dtype)
     model = model.to(dtype).eval()
-    model.pack_output_projection()
+    model.pack_for_cpu()
     return model
 
 

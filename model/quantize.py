@@ -13,13 +13,15 @@ import copy
 import torch
 from torch import nn
 
+from model.packed import unpack_linears
 from model.transformer import Transformer
 
 
 def quantize_int8(model: Transformer) -> Transformer:
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 dynamic quantization runs on CPU only; on CUDA use float16")
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).float(), {nn.Linear},
-                                                       dtype=torch.qint8)
+    plain = copy.deepcopy(model).float()
+    unpack_linears(plain)  # quantize_dynamic replaces nn.Linear layers, not their packed form
+    quantized = torch.ao.quantization.quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8)
     quantized.packed_head = None  # the int8 output projection replaces the packed fp32 one
     return quantized.eval()

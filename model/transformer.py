@@ -32,7 +32,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(d, cfg.target_vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.dec_embed.weight
-        # Set by pack_output_projection() for fp32 inference on CPU (model/packed_head.py).
+        # Set by pack_for_cpu() for fp32 inference on CPU (model/packed.py).
         self.packed_head: nn.Module | None = None
         self.register_buffer("final_logits_bias", torch.zeros(cfg.target_vocab_size))
         self.register_buffer("positions", sinusoids(cfg.max_position_embeddings, d), persistent=False)
@@ -101,11 +101,16 @@ class Transformer(nn.Module):
             return self.packed_head(x[:, 0])  # final_logits_bias included
         return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()
 
-    def pack_output_projection(self) -> None:
-        """Decoding steps on CPU in float32 use a oneDNN-packed copy of the output projection
-        (the step's largest matmul; see model/packed_head.py). Call once the weights are final."""
-        from model import packed_head
+    def pack_for_cpu(self) -> None:
+        """fp32 inference on CPU runs its matmuls through oneDNN with weights packed once: the
+        output projection (the step's largest) always, the other layers where that pays (see
+        model/packed.py). Call once the weights are final; the checkpoint is unchanged."""
+        from model import packed
 
         weight = self.lm_head.weight
-        if packed_head.available() and weight.device.type == "cpu" and weight.dtype == torch.float32:
-            self.packed_head = packed_head.PackedHead(self.lm_head, self.final_logits_bias)
+        if not (packed.available() and weight.device.type == "cpu" and weight.dtype == torch.float32):
+            return
+        self.packed_head = packed.PackedHead(self.lm_head, self.final_logits_bias)
+        if packed.packs_every_layer():
+            packed.pack_linears(self.encoder)
+            packed.pack_linears(self.decoder)

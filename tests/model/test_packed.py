@@ -1,4 +1,4 @@
-"""The oneDNN-packed output projection (model/packed_head.py) changes speed, not answers."""
+"""oneDNN-packed weights (model/packed.py) change speed, not answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from loadtests.workload import held_out_pairs
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
-from model.packed_head import PackedHead, available
+from model.packed import PackedHead, PackedLinear, available, packs_every_layer, unpack_linears
 from model.tokenizer import MarianTokenizer
 from model.translator import EMBEDDED_MODEL, pad_batch
 
@@ -23,13 +23,19 @@ def models():
     packed = load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.float32)
     plain = copy.deepcopy(packed)
     plain.packed_head = None
+    unpack_linears(plain)
+    assert not any(isinstance(m, PackedLinear) for m in plain.modules())
     return packed, plain
 
 
-def test_load_model_packs_the_output_projection_for_fp32_cpu(models):
-    packed, _ = models
+def test_load_model_packs_for_fp32_cpu(models):
+    packed, plain = models
     assert isinstance(packed.packed_head, PackedHead)
-    assert not any("packed" in name for name in packed.state_dict())  # checkpoints are unchanged
+    layers = [m for m in packed.modules() if isinstance(m, torch.nn.Linear) and m is not packed.lm_head]
+    assert all(isinstance(m, PackedLinear) for m in layers) == packs_every_layer()
+    # checkpoints are unchanged: same names, same tensors
+    assert list(packed.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), plain.state_dict().values()))
     assert load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.bfloat16).packed_head is None
 
 
@@ -65,6 +71,17 @@ def test_held_out_translations_are_token_identical(models, beam):
             assert [h[0].tokens for h in ours] == [h[0].tokens for h in reference]
 
 
+def test_a_packed_layer_computes_its_linear():
+    gen = torch.Generator().manual_seed(2)
+    linear = torch.nn.Linear(48, 80)
+    x = torch.randn(4, 7, 48, generator=gen)
+    layer = PackedLinear.of(linear)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(copy.deepcopy(layer)(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
 def test_deepcopy_and_int8_quantization(models):
     from model.quantize import quantize_int8
 
@@ -73,4 +90,8 @@ def test_deepcopy_and_int8_quantization(models):
     x = torch.randn(3, packed.cfg.d_model)
     with torch.inference_mode():
         torch.testing.assert_close(twin.packed_head(x), packed.packed_head(x))
-    assert quantize_int8(packed).packed_head is None  # int8 uses its own quantized projection
+        torch.testing.assert_close(twin.decoder[0].ffn.fc1(x), packed.decoder[0].ffn.fc1(x))
+    int8 = quantize_int8(packed)
+    assert int8.packed_head is None  # int8 uses its own quantized projection
+    assert not any(isinstance(m, PackedLinear) for m in int8.modules())  # every layer quantized
+    assert isinstance(packed.packed_head, PackedHead)  # the original is left as it was
