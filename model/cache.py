@@ -44,25 +44,19 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.self_k, self.self_v, self.cross_k, self.cross_v))
 
-    def select(self, rows: Tensor, length: int, sources: Tensor | None = None) -> KVCache:
-        """A cache holding only `rows`, of which the first `length` positions are live, and the
-        cross-attention rows `sources` (default: `rows`; beams: the sentences that remain).
+    def gather_(self, rows: Tensor, length: int, sources: Tensor | None = None) -> None:
+        """In place: self-attention row i becomes old row rows[i] (its first `length` positions
+        are live), and cross-attention row j old row sources[j] (None: unchanged). The cache
+        keeps len(rows) rows, so later steps do no work for dropped ones.
 
-        Used to drop finished rows: a new, smaller allocation, so later steps do no work for rows
-        that are done."""
-        sources = rows if sources is None else sources
-        self_k = self.self_k.new_empty((self.self_k.shape[0], rows.numel(), *self.self_k.shape[2:]))
-        self_v = torch.empty_like(self_k)
-        if length:
-            self_k[:, :, :, :length] = self.self_k[:, :, :, :length].index_select(1, rows)
-            self_v[:, :, :, :length] = self.self_v[:, :, :, :length].index_select(1, rows)
-        return KVCache(
-            self_k,
-            self_v,
-            self.cross_k.index_select(1, sources),
-            self.cross_v.index_select(1, sources),
-            self.src_bias.index_select(0, sources),
-        )
+        Beam search reorders with it (row i continues the hypothesis of row rows[i]); both
+        searches drop finished rows with it, a beam search step doing both in one gather."""
+        self.self_k = move_rows_(self.self_k, rows, length)
+        self.self_v = move_rows_(self.self_v, rows, length)
+        if sources is not None:
+            self.cross_k = move_rows_(self.cross_k, sources)
+            self.cross_v = move_rows_(self.cross_v, sources)
+            self.src_bias = self.src_bias.index_select(0, sources)
 
     def reserve(self, length: int, limit: int) -> None:
         """Make room for `length` positions (doubling, at most `limit`); keeps what is written."""
@@ -75,15 +69,17 @@ class KVCache:
             new[:, :, :, : old.shape[3]] = old
             setattr(self, name, new)
 
-    def reorder_self(self, rows: Tensor, length: int) -> None:
-        """Beam search: row i continues the hypothesis of row `rows[i]` (same source, so the
-        cross-attention part is unchanged); only the first `length` positions are live."""
-        moved = (rows != torch.arange(rows.numel(), device=rows.device)).nonzero().squeeze(1)
-        if moved.numel() == 0:
-            return
-        # About half the rows continue their own hypothesis (measured: 44% at beam 4): copying only
-        # the others halves the step's largest memory traffic at big batches.
-        sources = rows.index_select(0, moved)
-        for buf in (self.self_k, self.self_v):
-            live = buf[:, :, :, :length]
-            live.index_copy_(1, moved, live.index_select(1, sources))
+
+def move_rows_(buf: Tensor, rows: Tensor, width: int | None = None) -> Tensor:
+    """In place, along dim 1 of `buf` (L, B, H, T, Dh): row i becomes old row rows[i], for
+    i < len(rows); returns the first len(rows) rows (a view). Only the first `width` positions
+    of dim 3 are copied when given, and only the rows that move: in beam search about half the
+    rows continue their own hypothesis (44% at beam 4), and dropping finished rows moves only
+    those after the first one dropped."""
+    n = rows.numel()
+    moved = (rows != torch.arange(n, device=rows.device)).nonzero().squeeze(1)
+    live = buf if width is None else buf[:, :, :, :width]
+    if moved.numel():
+        # Gathered into a temporary first: a row may be read after its own slot is overwritten.
+        live.index_copy_(1, moved, live.index_select(1, rows.index_select(0, moved)))
+    return buf[:, :n]

@@ -120,7 +120,7 @@ def greedy(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Tensor,
             if keep.numel() == 0:
                 break
             rows, tokens, limits = rows[keep], tokens[keep], limits[keep]
-            cache = cache.select(keep, step + 1)
+            cache.gather_(keep, step + 1, keep)
     return [
         [to_hypothesis(out[i, : int(lengths[i])].tolist(), float(log_prob[i]), eos, settings.length_penalty)]
         for i in range(n)
@@ -254,17 +254,19 @@ def beam_search(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Te
         logits = model.decode_step(tokens, step, cache)
         logp = process(torch.log_softmax(logits, -1), step, limits.repeat_interleave(k), settings, eos)
         tokens, rows, done = beams.step(logp, eos)
-        cache.reorder_self(rows, step + 1)
-        if bool(done.any()):
-            for j in done.nonzero().squeeze(1).tolist():
-                results[int(sent[j])] = beams.hypotheses(j, eos, settings.num_hypotheses)
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            sent, limits = sent[keep], limits[keep]
-            beams.keep(keep)
-            tokens = tokens.view(-1, k)[keep].view(-1)
-            cache = cache.select((keep[:, None] * k + torch.arange(k, device=device)).view(-1), step + 1, keep)
+        if not bool(done.any()):
+            cache.gather_(rows, step + 1)  # each row continues the hypothesis it was chosen from
+            continue
+        for j in done.nonzero().squeeze(1).tolist():
+            results[int(sent[j])] = beams.hypotheses(j, eos, settings.num_hypotheses)
+        keep = (~done).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            break
+        sent, limits = sent[keep], limits[keep]
+        beams.keep(keep)
+        tokens = tokens.view(-1, k)[keep].view(-1)
+        # Reorder and drop the finished sentences' rows in one gather.
+        cache.gather_(rows[(keep[:, None] * k + torch.arange(k, device=device)).view(-1)], step + 1, keep)
     return results
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from model.attention import masked_bias
-from model.cache import KVCache
+from model.cache import KVCache, move_rows_
 from model.decoding import encode_memory
 from model.transformer import Transformer
 
@@ -84,13 +84,14 @@ class SlotRunner:
     @torch.inference_mode()
     def rearrange(self, order: Tensor) -> None:
         """Row i becomes old row order[i], for i < len(order): drops finished rows (compaction) and
-        reorders beams, in one gather of the live part of every per-row buffer."""
+        reorders beams, in one gather of the live part of every per-row buffer (rows that stay
+        where they are are not copied)."""
         n = order.numel()
         t = int(self.positions[order].max()) if n else 0
         s = int(self.src_len[order].max()) if n else 0
         for buf, width in ((self.self_k, t), (self.self_v, t), (self.cross_k, s), (self.cross_v, s)):
             if n and width:
-                buf[:, :n, :, :width] = buf[:, order, :, :width]
+                move_rows_(buf, order, width)
         for buf in (self.src_len, self.positions, self.tokens):
             buf[:n] = buf[order]
 
