@@ -183,8 +183,12 @@ class BeamState:
         vocab = logp.shape[-1]
         # Lengths ** penalty in float64, then float32: what `x / (length ** penalty)` does in transformers.
         denom = ((self.steps + 1).double() ** self.penalty).float()[:, None]  # (N, 1)
-        cand = (logp.view(-1, k, vocab) + self.run_scores[:, :, None]).view(-1, k * vocab)  # (N, K*V)
-        top_scores, top_idx = cand.topk(2 * k)  # (N, 2K)
+        # The best 2K of all K x V candidates are among each beam's best 2K (adding the beam's score
+        # keeps its order): select those first, then add scores to K x 2K candidates, not K x V.
+        beam_best, beam_tok = logp.view(-1, k, vocab).topk(2 * k)  # (N, K, 2K)
+        cand = (beam_best + self.run_scores[:, :, None]).view(-1, k * 2 * k)
+        top_scores, pick = cand.topk(2 * k)  # (N, 2K)
+        top_idx = (pick // (2 * k)) * vocab + beam_tok.view(-1, k * 2 * k).gather(1, pick)
         src_beam, top_tok = top_idx // vocab, top_idx % vocab
         last = (self.limits == self.steps + 1)[:, None]  # (N, 1): the sentence's length limit is reached
         hits = (top_tok == eos) | last
