@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.decoding import BeamState, Hypothesis, process, to_hypothesis
+from model.decoding import BeamState, Hypothesis, log_probs, process, to_hypothesis
 from model.generation import GenerationSettings
 from model.transformer import Transformer
 from service.runner import SlotRunner
@@ -183,7 +183,7 @@ class ContinuousEngine:
         steps = torch.tensor([g.step for g in running for _ in range(g.width)], device=device)
         limits = torch.tensor([g.limit for g in running for _ in range(g.width)], device=device)
         # Bans, min length and forced EOS are the model's (same for every group); the rest is per group.
-        logp = process(torch.log_softmax(logits, -1), steps, limits, running[0].settings, self.eos)
+        logp = process(log_probs(logits), steps, limits, running[0].settings, self.eos)
         best_val, best_idx = logp.max(-1)
         best_val, best_idx = best_val.tolist(), best_idx.tolist()
         finished: list[tuple[SequenceGroup, list[Hypothesis] | BaseException]] = []
