@@ -206,6 +206,7 @@ def measure(engines: dict[str, Engine], w: Workload, batch: int, rounds: int, se
         ours_end, theirs = ctx.Pipe()
         proc = ctx.Process(target=_engine_process, args=(theirs, build, threads), daemon=True)
         proc.start()
+        theirs.close()  # the child's end: if the child dies, recv() here ends instead of waiting forever
         workers[name] = (proc, ours_end)
     try:
         for _ in range(rounds):
@@ -218,7 +219,8 @@ def measure(engines: dict[str, Engine], w: Workload, batch: int, rounds: int, se
                 results[name].sentences = len(outputs)
     finally:
         for proc, conn in workers.values():
-            conn.send(None)
+            if proc.is_alive():
+                conn.send(None)
             proc.join(60)
     return results
 

@@ -8,8 +8,9 @@ is faster for every shape of a decoding step (2 threads, 16-2,304 rows; measured
 - on an AVX-512 CPU, every layer: 1.8-2.3x (256 -> 1024 at 64 rows 186 -> 82 us), the output
   projection 2.0-3.2x.
 So the output projection is always packed, the other Linear layers where AVX-512 is in use.
-Packing costs one more copy of each packed weight (8 MB for the embedded model's output
-projection, 119 MB for opus-mt shapes). Sums come out in another order, so outputs differ from
+Packing costs one more copy of each packed weight: the output projection's (8 MB for the
+embedded model, 119 MB for opus-mt shapes), and with every layer packed the model's fp32 weights
+once more (~33 MB embedded, ~300 MB opus-mt). Sums come out in another order, so outputs differ from
 MKL's in the last bits (~1e-6); tests/model/test_packed.py holds the translations token-identical
 on held-out sentences.
 """
