@@ -266,10 +266,11 @@ def beam_search(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Te
     beams = BeamState(k, max_len, cfg.pad_token_id, device, settings.early_stopping)
     beams.add(limits.tolist(), [settings.length_penalty] * n)
     results: list[list[Hypothesis]] = [[] for _ in range(n)]
+    row_limits = limits.repeat_interleave(k)  # one per beam row; changes only when sentences finish
     for step in range(max_len):
         cache.reserve(step + 1, max_len)
         logits = model.decode_step(tokens, step, cache)
-        logp = process(log_probs(logits), step, limits.repeat_interleave(k), settings, eos)
+        logp = process(log_probs(logits), step, row_limits, settings, eos)
         tokens, rows, done = beams.step(logp, eos)
         if not bool(done.any()):
             cache.gather_(rows, step + 1)  # each row continues the hypothesis it was chosen from
@@ -280,6 +281,7 @@ def beam_search(model: Transformer, memory: Tensor, src_bias: Tensor, limits: Te
         if keep.numel() == 0:
             break
         sent, limits = sent[keep], limits[keep]
+        row_limits = limits.repeat_interleave(k)
         beams.keep(keep)
         tokens = tokens.view(-1, k)[keep].view(-1)
         # Reorder and drop the finished sentences' rows in one gather.
