@@ -89,9 +89,8 @@ class SlotRunner:
         n = order.numel()
         t = int(self.positions[order].max()) if n else 0
         s = int(self.src_len[order].max()) if n else 0
-        for buf, width in ((self.self_k, t), (self.self_v, t), (self.cross_k, s), (self.cross_v, s)):
-            if n and width:
-                move_rows_(buf, order, width)
+        if n:
+            move_rows_(((self.self_k, t), (self.self_v, t), (self.cross_k, s), (self.cross_v, s)), order)
         for buf in (self.src_len, self.positions, self.tokens):
             buf[:n] = buf[order]
 
