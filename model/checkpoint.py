@@ -148,6 +148,10 @@ def load_model(path: str | Path, *, device: str | torch.device | None = None, dt
     model.positions = sinusoids(cfg.max_position_embeddings, cfg.d_model).to(device=device, dtype=dtype)
     model = model.to(dtype).eval()
     model.pack_for_cpu()
+    if device.type == "cpu":
+        from model.allocator import keep_freed_memory
+
+        keep_freed_memory()  # a CPU decoding step reuses its large buffers instead of page-faulting them in
     return model
 
 

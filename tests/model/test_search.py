@@ -1,0 +1,40 @@
+"""Beam search pieces that only show on large vocabularies (the parity configs have 300-500 tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.checkpoint import load_model
+from model.decoding import BLOCK_TOPK_VOCAB, TOPK_BLOCK, generate, top_candidates
+from model.generation import GenerationSettings
+from tests.helpers import hf_tokens, marian_config, random_sources, save_hf_model
+
+
+@pytest.mark.parametrize("vocab", [BLOCK_TOPK_VOCAB, BLOCK_TOPK_VOCAB + 11, 58101])
+@pytest.mark.parametrize("k", [2, 8])
+def test_top_candidates_equal_topk(vocab, k):
+    gen = torch.Generator().manual_seed(vocab + k)
+    scores = torch.randn(9, vocab, generator=gen).log_softmax(-1)
+    scores[:, 5] = float("-inf")  # a banned token
+    scores[0, -3:] += 30.0  # best candidates in the last (shorter) block
+    scores[1, :TOPK_BLOCK] += 30.0  # all of them in the first block
+    scores[2, ::TOPK_BLOCK] += 30.0  # one per block
+    values, cols = top_candidates(scores, k)
+    ref_values, ref_cols = scores.topk(k)
+    assert torch.equal(values, ref_values)
+    assert torch.equal(cols, ref_cols)
+
+
+def test_beam_search_large_vocab_matches_transformers(tmp_path):
+    cfg = marian_config(vocab_size=20000, pad_token_id=19999, decoder_start_token_id=19999, d_model=16,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32)
+    hf = save_hf_model(cfg, tmp_path, seed=3)
+    src = random_sources(32, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, seed=3)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=src, attention_mask=(src != cfg.pad_token_id).long(), num_beams=4,
+                          do_sample=False, output_scores=True, return_dict_in_generate=True)
+    settings = GenerationSettings.from_checkpoint(tmp_path, cfg.pad_token_id).override(beam_size=4)
+    got = generate(load_model(tmp_path, device="cpu"), src, settings)
+    assert [h[0].tokens for h in got] == hf_tokens(ref.sequences, cfg)
+    assert torch.allclose(torch.tensor([h[0].score for h in got]), ref.sequences_scores, atol=1e-4)
