@@ -1,4 +1,5 @@
-"""Beam search pieces that only show on large vocabularies (the parity configs have 300-500 tokens)."""
+"""Search pieces: block top-k (only shows on large vocabularies: the parity configs have 300-500
+tokens) and which rows go on when some finish."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_model
-from model.decoding import BLOCK_TOPK_VOCAB, TOPK_BLOCK, generate, top_candidates
+from model.decoding import BLOCK_TOPK_VOCAB, TOPK_BLOCK, generate, survivors, top_candidates
 from model.generation import GenerationSettings
 from tests.helpers import hf_tokens, marian_config, random_sources, save_hf_model
 
@@ -38,3 +39,15 @@ def test_beam_search_large_vocab_matches_transformers(tmp_path):
     got = generate(load_model(tmp_path, device="cpu"), src, settings)
     assert [h[0].tokens for h in got] == hf_tokens(ref.sequences, cfg)
     assert torch.allclose(torch.tensor([h[0].score for h in got]), ref.sequences_scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("done", [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 0], [1, 1, 1],
+                                  [0, 1, 1, 0]])
+def test_survivors_keep_places_and_move_only_as_many_rows_as_left(done):
+    done = torch.tensor(done, dtype=torch.bool)
+    order = survivors(done)
+    live = (~done).nonzero().squeeze(1).tolist()
+    assert sorted(order.tolist()) == live  # every live row once, no finished one
+    moved = [i for i, r in enumerate(order.tolist()) if r != i]
+    assert all(done[i] for i in moved)  # only the places of rows that left are refilled
+    assert len(moved) <= int(done.sum())
