@@ -37,6 +37,24 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, causal: bool = 
     return weights.to(v.dtype) @ v
 
 
+MATMUL_ATTENTION_PAIRS = 256  # (row, head) pairs from which a CPU decoding step attends with two matmuls
+
+
+def attend_step(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """`attend` for a decoding step's queries (one per row, or the K beams of a source).
+
+    On CPU, SDPA's kernel costs more per (row, head) pair than two batched matmuls once there are
+    many: 4 heads x 64 rows 65 -> 46 us, x 256 rows 261 -> 163 us; a beam 4 x 64 batch's decoding
+    steps 3-7% faster (embedded and opus-mt shapes); with fewer pairs SDPA is as fast or faster.
+    (measured 2026-11-29, 2 threads.)"""
+    if q.device.type != "cpu" or q.shape[0] * q.shape[1] < MATMUL_ATTENTION_PAIRS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    if bias is not None:
+        scores += bias
+    return torch.matmul(scores.softmax(-1), v)
+
+
 def attention_weights(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
     """The softmax matrix (B, H, Tq, Tk) that `attend` applies, in float32."""
     scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import CrossAttention, SelfAttention, attend, merge_heads, split_heads
+from model.attention import CrossAttention, SelfAttention, attend_step, merge_heads, split_heads
 
 
 def activation(name: str):
@@ -87,7 +87,7 @@ class DecoderLayer(nn.Module):
             rows = torch.arange(x.shape[0], device=x.device)
             self_k[rows, :, pos] = k[:, :, 0]
             self_v[rows, :, pos] = v[:, :, 0]
-        h = attend(q, self_k, self_v, self_bias)
+        h = attend_step(q, self_k, self_v, self_bias)
         x = self.self_attn_norm(x + self.self_attn.out(merge_heads(h)))
         x = self.cross_attn_norm(x + self.cross_attn.out(self._cross_step(x, cross_k, cross_v, src_bias)))
         return self.ffn_norm(x + self.ffn(x))
@@ -98,7 +98,7 @@ class DecoderLayer(nn.Module):
         b, sources, heads = x.shape[0], cross_k.shape[0], self.cross_attn.heads
         q = self.cross_attn.q(x)
         if sources == b:
-            return merge_heads(attend(split_heads(q, heads), cross_k, cross_v, src_bias))
+            return merge_heads(attend_step(split_heads(q, heads), cross_k, cross_v, src_bias))
         group = b // sources
         q = split_heads(q.view(sources, group, -1), heads)  # (N, H, K, Dh)
-        return merge_heads(attend(q, cross_k, cross_v, src_bias)).view(b, 1, -1)
+        return merge_heads(attend_step(q, cross_k, cross_v, src_bias)).view(b, 1, -1)
