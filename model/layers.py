@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import CrossAttention, SelfAttention, attend_step, merge_heads, split_heads
+from model.attention import CrossAttention, SelfAttention, attend_step
 
 
 def activation(name: str):
@@ -74,31 +74,31 @@ class DecoderLayer(nn.Module):
 
     def step(self, x: Tensor, pos: int | Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
              src_bias: Tensor, self_bias: Tensor | None = None) -> Tensor:
-        """One new position for every row; x: (B, 1, D). Writes this position's K/V into the cache.
+        """One new position for every row; x: (B, D). Writes this position's K/V into the cache.
 
         `pos` is one position for all rows, or (B,) positions (continuous batching: rows started
-        at different times); then `self_bias` masks each row's cache beyond its own position."""
-        q, k, v = self.self_attn.project(x)  # (B, H, 1, Dh)
+        at different times); then `self_bias` masks each row's cache beyond its own position.
+        Written flat, on (B, D) rows and views, with no dropout or helper calls: the step runs once
+        per token, and at a few rows its Python and dispatch overhead is a good part of its time."""
+        b, heads = x.shape[0], self.self_attn.heads
+        qkv = self.self_attn.qkv(x).view(b, 3, heads, -1)  # (B, 3, H, Dh)
         if isinstance(pos, int):
-            self_k[:, :, pos : pos + 1] = k
-            self_v[:, :, pos : pos + 1] = v
+            self_k[:, :, pos] = qkv[:, 1]
+            self_v[:, :, pos] = qkv[:, 2]
             self_k, self_v = self_k[:, :, : pos + 1], self_v[:, :, : pos + 1]
         else:
-            rows = torch.arange(x.shape[0], device=x.device)
-            self_k[rows, :, pos] = k[:, :, 0]
-            self_v[rows, :, pos] = v[:, :, 0]
-        h = attend_step(q, self_k, self_v, self_bias)
-        x = self.self_attn_norm(x + self.self_attn.out(merge_heads(h)))
+            rows = torch.arange(b, device=x.device)
+            self_k[rows, :, pos] = qkv[:, 1]
+            self_v[rows, :, pos] = qkv[:, 2]
+        h = attend_step(qkv[:, 0, :, None], self_k, self_v, self_bias)  # (B, H, 1, Dh)
+        x = self.self_attn_norm(x + self.self_attn.out(h.view(b, -1)))
         x = self.cross_attn_norm(x + self.cross_attn.out(self._cross_step(x, cross_k, cross_v, src_bias)))
-        return self.ffn_norm(x + self.ffn(x))
+        ffn = self.ffn
+        return self.ffn_norm(x + ffn.fc2(ffn.act(ffn.fc1(x))))
 
     def _cross_step(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, src_bias: Tensor) -> Tensor:
-        """Cross-attention of one new position (B, 1, D) -> (B, 1, D). When the cache holds one
-        source per group of rows (beams: B = N x K), each source's K rows attend to it as K queries."""
+        """Cross-attention of one new position (B, D) -> (B, D). When the cache holds one source per
+        group of rows (beams: B = N x K), each source's K rows attend to it as K queries."""
         b, sources, heads = x.shape[0], cross_k.shape[0], self.cross_attn.heads
-        q = self.cross_attn.q(x)
-        if sources == b:
-            return merge_heads(attend_step(split_heads(q, heads), cross_k, cross_v, src_bias))
-        group = b // sources
-        q = split_heads(q.view(sources, group, -1), heads)  # (N, H, K, Dh)
-        return merge_heads(attend_step(q, cross_k, cross_v, src_bias)).view(b, 1, -1)
+        q = self.cross_attn.q(x).view(sources, b // sources, heads, -1).transpose(1, 2)  # (N, H, K, Dh)
+        return attend_step(q, cross_k, cross_v, src_bias).transpose(1, 2).reshape(b, -1)

@@ -92,14 +92,13 @@ class Transformer(nn.Module):
 
         With per-row positions the cache's self-attention buffers are the rows' live window and
         `self_bias` (B, 1, 1, T) masks what lies beyond each row's position."""
-        pe = self.positions[pos] if isinstance(pos, int) else self.positions[pos][:, None]  # (D,) or (B, 1, D)
-        x = self.dec_embed(tokens[:, None]) * self.embed_scale + pe  # (B, 1, D)
+        x = self.dec_embed(tokens) * self.embed_scale + self.positions[pos]  # (B, D)
         for i, layer in enumerate(self.decoder):
             x = layer.step(x, pos, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
                            cache.src_bias, self_bias)
         if self.packed_head is not None and x.dtype == torch.float32 and x.device.type == "cpu":
-            return self.packed_head(x[:, 0])  # final_logits_bias included
-        return (self.lm_head(x[:, 0]) + self.final_logits_bias).float()
+            return self.packed_head(x)  # final_logits_bias included
+        return (self.lm_head(x) + self.final_logits_bias).float()
 
     def pack_for_cpu(self) -> None:
         """fp32 inference on CPU runs its matmuls through oneDNN with weights packed once: the
