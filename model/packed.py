@@ -41,6 +41,8 @@ def _pack(weight: Tensor) -> Tensor:
 
 
 def _apply(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    if x.dim() == 2 and x.is_contiguous():  # a decoding step's rows: the one call and nothing around it
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
     return y.view(*x.shape[:-1], out_features)
@@ -57,6 +59,7 @@ class PackedLinear(nn.Linear):
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.packed = _pack(linear.weight)
+        layer.plain_bias = None if linear.bias is None else linear.bias.detach()
         return layer
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
@@ -69,7 +72,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu":
             return super().forward(x)
-        return _apply(x, self.packed, None if self.bias is None else self.bias.detach(), self.out_features)
+        return _apply(x, self.packed, self.plain_bias, self.out_features)
 
 
 def pack_linears(module: nn.Module) -> None:
