@@ -41,13 +41,15 @@ MATMUL_ATTENTION_PAIRS = 256  # (row, head) pairs from which a CPU decoding step
 
 
 def attend_step(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    """`attend` for a decoding step's queries (one per row, or the K beams of a source).
+    """`attend` for a decoding step's queries: one per row, or the K beams of a source (N, H, K, Dh).
 
-    On CPU, SDPA's kernel costs more per (row, head) pair than two batched matmuls once there are
-    many: 4 heads x 64 rows 65 -> 46 us, x 256 rows 261 -> 163 us; a beam 4 x 64 batch's decoding
-    steps 3-7% faster (embedded and opus-mt shapes); with fewer pairs SDPA is as fast or faster.
-    (measured 2026-11-29, 2 threads.)"""
-    if q.device.type != "cpu" or q.shape[0] * q.shape[1] < MATMUL_ATTENTION_PAIRS:
+    On CPU, SDPA's kernel costs more than two batched matmuls for several queries per (row, head)
+    (beam 4 cross-attention, 4 heads: 16 sources 104 -> 25 us, 64 sources 365 -> 69 us), and for
+    one query once there are many pairs (4 heads x 64 rows 65 -> 46 us, x 256 rows 261 -> 163 us;
+    a beam 4 x 64 batch's steps 3-7% faster); with fewer, SDPA is as fast or faster (measured
+    2026-11-29, 2 threads)."""
+    b, heads, queries = q.shape[:3]
+    if q.device.type != "cpu" or (queries == 1 and b * heads < MATMUL_ATTENTION_PAIRS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     if bias is not None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from model.attention import MATMUL_ATTENTION_PAIRS, attend_step, masked_bias
 
 
-@pytest.mark.parametrize("rows,heads,queries", [(MATMUL_ATTENTION_PAIRS // 4, 4, 1), (64, 8, 4), (3, 4, 1)])
+@pytest.mark.parametrize("rows,heads,queries", [(MATMUL_ATTENTION_PAIRS // 4, 4, 1), (64, 8, 4), (3, 4, 4), (3, 4, 1)])
 def test_step_attention_equals_sdpa(rows, heads, queries):
     gen = torch.Generator().manual_seed(rows)
     q = torch.randn(rows, heads, queries, 64, generator=gen)
