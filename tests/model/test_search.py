@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from model.checkpoint import load_model
-from model.decoding import BLOCK_TOPK_VOCAB, TOPK_BLOCK, generate, survivors, top_candidates
+from model.decoding import BLOCK_TOPK_SIZE, TOPK_BLOCK, generate, survivors, top_candidates
 from model.generation import GenerationSettings
 from tests.helpers import hf_tokens, marian_config, random_sources, save_hf_model
 
 
-@pytest.mark.parametrize("vocab", [BLOCK_TOPK_VOCAB, BLOCK_TOPK_VOCAB + 11, 58101])
+@pytest.mark.parametrize("vocab", [8000, 8003, 58101])
 @pytest.mark.parametrize("k", [2, 8])
 def test_top_candidates_equal_topk(vocab, k):
     gen = torch.Generator().manual_seed(vocab + k)
-    scores = torch.randn(9, vocab, generator=gen).log_softmax(-1)
+    scores = torch.randn(BLOCK_TOPK_SIZE // vocab + 1, vocab, generator=gen).log_softmax(-1)  # the block path
     scores[:, 5] = float("-inf")  # a banned token
     scores[0, -3:] += 30.0  # best candidates in the last (shorter) block
     scores[1, :TOPK_BLOCK] += 30.0  # all of them in the first block
@@ -25,6 +25,11 @@ def test_top_candidates_equal_topk(vocab, k):
     ref_values, ref_cols = scores.topk(k)
     assert torch.equal(values, ref_values)
     assert torch.equal(cols, ref_cols)
+
+
+def test_top_candidates_small_vocabulary_many_rows():
+    scores = torch.randn(BLOCK_TOPK_SIZE // 50 + 1, 50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_candidates(scores, 8)[1], scores.topk(8).indices)
 
 
 def test_beam_search_large_vocab_matches_transformers(tmp_path):
