@@ -315,7 +315,26 @@ def report(weights: str, threads: int, beam: int, batch: int, results: dict[str,
         rows.append({"weights": weights, "threads": threads, "beam": beam, "batch": batch, "engine": name,
                      "tokens_per_s": tps, "sentences_per_s": r.sentences / sec, "ms_per_batch": 1000 * sec / batches,
                      "ours_over_this": ratio, **q})
+    verdict = targets(rows)
+    if verdict:
+        print("  targets: " + "; ".join(verdict))
     return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets for one configuration, where its engines ran: ours >= 2x transformers and
+    >= 1x CTranslate2 (fp32 or fp16), our int8 >= 1x CTranslate2's, int8 chrF within 0.5 of fp32."""
+    by = {r["engine"]: r for r in rows}
+    out = []
+    for mine, theirs, goal in (("ours", "transformers", 2.0), ("ours", "ct2-float32", 1.0),
+                               ("ours", "ct2-float16", 1.0), ("ours-int8", "ct2-int8", 1.0)):
+        if mine in by and theirs in by:
+            ratio = by[mine]["tokens_per_s"] / by[theirs]["tokens_per_s"]
+            out.append(f"{mine}/{theirs} {ratio:.2f} ({'met' if ratio >= goal else 'missed'}, >= {goal:g})")
+    if "chrf" in by.get("ours", {}) and "chrf" in by.get("ours-int8", {}):
+        delta = by["ours-int8"]["chrf"] - by["ours"]["chrf"]
+        out.append(f"chrF int8 - fp32 {delta:+.2f} ({'met' if abs(delta) <= 0.5 else 'missed'}, within 0.5)")
+    return out
 
 
 if __name__ == "__main__":
