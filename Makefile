@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST := 127.0.0.1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv sysdeps serve translate test test-all test-deploy chart-files lint typecheck train evaluate bench bench-http gpu-check loadtest clean
+.PHONY: venv sysdeps serve translate test test-all test-deploy chart-files lint typecheck train evaluate bench bench-step bench-http gpu-check loadtest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,6 +60,9 @@ evaluate: venv
 
 bench: venv
 	$(BIN)/python -m loadtests.bench_engine
+
+bench-step: venv
+	$(BIN)/python -m loadtests.bench_step
 
 bench-http: venv
 	$(BIN)/python -m loadtests.bench_http
