@@ -8,7 +8,8 @@ import asyncio
 import httpx
 import pytest
 
-# A slow request for the tiny model: several sentences, wide beams, long outputs (a second or more).
+# A slow request for the tiny model: several sentences, wide beams, long outputs (~0.1 s, long enough to
+# still run while a burst sent at once arrives).
 SLOW = {"text": " ".join(f"Sentence number {i} is here." for i in range(8)), "source_lang": "en",
         "target_lang": "de", "beam_size": 4, "max_length": 64}
 
