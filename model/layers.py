@@ -78,8 +78,8 @@ class DecoderLayer(nn.Module):
 
         `pos` is one position for all rows, or (B,) positions (continuous batching: rows started
         at different times); then `self_bias` masks each row's cache beyond its own position.
-        Written flat, on (B, D) rows and views, with no dropout or helper calls: the step runs once
-        per token, and at a few rows its Python and dispatch overhead is a good part of its time."""
+        Written flat, on (B, D) rows with views for heads and cache writes: the step runs once per
+        token, and at a few rows its Python and dispatch overhead is a good part of its time."""
         b, heads = x.shape[0], self.self_attn.heads
         qkv = self.self_attn.qkv(x).view(b, 3, heads, -1)  # (B, 3, H, Dh)
         if isinstance(pos, int):
@@ -93,8 +93,7 @@ class DecoderLayer(nn.Module):
         h = attend_step(qkv[:, 0, :, None], self_k, self_v, self_bias)  # (B, H, 1, Dh)
         x = self.self_attn_norm(x + self.self_attn.out(h.view(b, -1)))
         x = self.cross_attn_norm(x + self.cross_attn.out(self._cross_step(x, cross_k, cross_v, src_bias)))
-        ffn = self.ffn
-        return self.ffn_norm(x + ffn.fc2(ffn.act(ffn.fc1(x))))
+        return self.ffn_norm(x + self.ffn(x))
 
     def _cross_step(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, src_bias: Tensor) -> Tensor:
         """Cross-attention of one new position (B, D) -> (B, D). When the cache holds one source per

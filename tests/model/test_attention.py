@@ -13,8 +13,8 @@ from model.attention import MATMUL_ATTENTION_PAIRS, attend_step, masked_bias
 def test_step_attention_equals_sdpa(rows, heads, queries):
     gen = torch.Generator().manual_seed(rows)
     q = torch.randn(rows, heads, queries, 64, generator=gen)
-    kv = torch.randn(rows, heads, 40, 64, generator=gen)
-    k, v = kv[:, :, :21], torch.randn(rows, heads, 40, 64, generator=gen)[:, :, :21]  # cache views, as in a step
+    k = torch.randn(rows, heads, 40, 64, generator=gen)[:, :, :21]  # views of a cache, as in a step
+    v = torch.randn(rows, heads, 40, 64, generator=gen)[:, :, :21]
     pad = torch.arange(21)[None, :] >= torch.randint(5, 22, (rows, 1), generator=gen)
     for bias in (None, masked_bias(pad, q.dtype)):
         got = attend_step(q, k, v, bias)
