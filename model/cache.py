@@ -73,8 +73,8 @@ def move_rows_(buffers: Iterable[tuple[Tensor, int | None]], rows: Tensor) -> li
     """In place, along dim 1 of each (L, B, H, T, Dh) buffer: row i becomes old row rows[i], for
     i < len(rows); returns each buffer's first len(rows) rows (views). A buffer's width, when
     given, limits the copy to the first positions of dim 3. Only rows that move are copied: in
-    beam search about half the rows continue their own hypothesis (44% at beam 4), and dropping
-    finished rows moves only those after the first one dropped."""
+    beam search about half the rows continue their own hypothesis (44% at beam 4), and when
+    finished rows leave by decoding.survivors only the rows filling their places move."""
     n = rows.numel()
     moved = (rows != torch.arange(n, device=rows.device)).nonzero().squeeze(1)  # once for all buffers
     sources = rows.index_select(0, moved)
