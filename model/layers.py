@@ -34,6 +34,10 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.drop(self.act(self.fc1(x))))
 
+    def step(self, x: Tensor) -> Tensor:
+        """`forward` for inference, as a decoding step runs it (see DecoderLayer.step)."""
+        return self.fc2.forward(self.act(self.fc1.forward(x)))
+
 
 class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, heads: int, d_ffn: int, act: str, dropout: float, attn_dropout: float,
@@ -79,9 +83,13 @@ class DecoderLayer(nn.Module):
         `pos` is one position for all rows, or (B,) positions (continuous batching: rows started
         at different times); then `self_bias` masks each row's cache beyond its own position.
         Written flat, on (B, D) rows with views for heads and cache writes: the step runs once per
-        token, and at a few rows its Python and dispatch overhead is a good part of its time."""
+        token, and at a few rows its Python and dispatch overhead is a good part of its time. For
+        the same reason it calls its layers' `forward` directly (nn.Module's call machinery, hooks
+        and all, costs ~1.5 us a call, and a step makes 30-60 of them) and adds residuals in place
+        into the fresh output of the layer before (the same sums: addition is commutative). With
+        both, the embedded model's step at 1 row 0.55 -> 0.47 ms (measured 2026-11-29)."""
         b, heads = x.shape[0], self.self_attn.heads
-        qkv = self.self_attn.qkv(x).view(b, 3, heads, -1)  # (B, 3, H, Dh)
+        qkv = self.self_attn.qkv.forward(x).view(b, 3, heads, -1)  # (B, 3, H, Dh)
         if isinstance(pos, int):
             self_k[:, :, pos] = qkv[:, 1]
             self_v[:, :, pos] = qkv[:, 2]
@@ -91,13 +99,14 @@ class DecoderLayer(nn.Module):
             self_k[rows, :, pos] = qkv[:, 1]
             self_v[rows, :, pos] = qkv[:, 2]
         h = attend_step(qkv[:, 0, :, None], self_k, self_v, self_bias)  # (B, H, 1, Dh)
-        x = self.self_attn_norm(x + self.self_attn.out(h.view(b, -1)))
-        x = self.cross_attn_norm(x + self.cross_attn.out(self._cross_step(x, cross_k, cross_v, src_bias)))
-        return self.ffn_norm(x + self.ffn(x))
+        x = self.self_attn_norm.forward(self.self_attn.out.forward(h.view(b, -1)).add_(x))
+        h = self._cross_step(x, cross_k, cross_v, src_bias)
+        x = self.cross_attn_norm.forward(self.cross_attn.out.forward(h).add_(x))
+        return self.ffn_norm.forward(self.ffn.step(x).add_(x))
 
     def _cross_step(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, src_bias: Tensor) -> Tensor:
         """Cross-attention of one new position (B, D) -> (B, D). When the cache holds one source per
         group of rows (beams: B = N x K), each source's K rows attend to it as K queries."""
         b, sources, heads = x.shape[0], cross_k.shape[0], self.cross_attn.heads
-        q = self.cross_attn.q(x).view(sources, b // sources, heads, -1).transpose(1, 2)  # (N, H, K, Dh)
+        q = self.cross_attn.q.forward(x).view(sources, b // sources, heads, -1).transpose(1, 2)  # (N, H, K, Dh)
         return attend_step(q, cross_k, cross_v, src_bias).transpose(1, 2).reshape(b, -1)

@@ -13,6 +13,16 @@ embedded model, 119 MB for opus-mt shapes), and with every layer packed the mode
 once more (~33 MB embedded, ~300 MB opus-mt). Sums come out in another order, so outputs differ from
 MKL's in the last bits (~1e-6); tests/model/test_packed.py holds the translations token-identical
 on held-out sentences.
+
+At one or two rows (the tail of a greedy batch, where most rows have finished), oneDNN's call
+costs ~10 us whatever the layer's size (a 16 x 16 layer: 11 us, where MKL takes 2 us): for layers
+of up to 1 MB that is most of the call. There the decoder's layers multiply by a second copy of
+the weight split in two halves by output features, one batched matmul, which MKL runs a half per
+thread (1 row, 2 threads, warm: 256 x 256 17 -> 8 us, 256 x 1024 20 -> 14 us; 512 x 2048: 39 vs
+38 us, so larger layers stay packed). The embedded model's step at 1 row 0.68 -> 0.52 ms, at 2
+rows 0.72 -> 0.66 ms; at 3 rows MKL's gemm is no faster (0.76 vs 0.76 ms), so it stops at 2
+(measured 2026-11-29, AVX-512, 2 threads). The copy costs the small decoder layers' weights once
+more (~10 MB embedded, ~9 MB of opus-mt's 512 x 512 layers).
 """
 
 from __future__ import annotations
@@ -23,6 +33,9 @@ import torch
 from torch import Tensor, nn
 
 ROWS_HINT = 16  # oneDNN picks its blocked layout for this many rows; it serves any other count
+FEW_ROWS = 2  # up to this many rows a small layer multiplies by its split copy (see above)
+SPLIT_MAX_WEIGHT = 1 << 18  # elements (1 MB of fp32): the largest layer that gets a split copy
+SPLIT_PARTS = 2
 
 
 def available() -> bool:
@@ -40,8 +53,29 @@ def _pack(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
 
 
-def _apply(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+def _split(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    """The weight as (parts, in, out / parts) and the bias as (parts, 1, out / parts), for layers
+    small enough to gain from them."""
+    out_features, in_features = weight.shape
+    if weight.numel() > SPLIT_MAX_WEIGHT or out_features % SPLIT_PARTS:
+        return None
+    parts = weight.detach().view(SPLIT_PARTS, -1, in_features).transpose(1, 2).contiguous()
+    bias = weight.new_zeros(out_features) if bias is None else bias.detach()
+    return parts, bias.reshape(SPLIT_PARTS, 1, -1).contiguous()
+
+
+def _apply_split(x: Tensor, split: tuple[Tensor, Tensor]) -> Tensor:
+    weight, bias = split
+    rows = x.shape[0]
+    y = torch.baddbmm(bias, x.expand(weight.shape[0], rows, x.shape[1]), weight)  # (parts, rows, out / parts)
+    return y.view(1, -1) if rows == 1 else y.transpose(0, 1).reshape(rows, -1)
+
+
+def _apply(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int,
+           split: tuple[Tensor, Tensor] | None = None) -> Tensor:
     if x.dim() == 2 and x.is_contiguous():  # a decoding step's rows: the one call and nothing around it
+        if split is not None and x.shape[0] <= FEW_ROWS:
+            return _apply_split(x, split)
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
@@ -53,13 +87,16 @@ class PackedLinear(nn.Linear):
     parameters (state_dict, saving and parameter counts are unchanged): pack once they are final."""
 
     @classmethod
-    def of(cls, linear: nn.Linear) -> PackedLinear:
+    def of(cls, linear: nn.Linear, few_rows: bool = False) -> PackedLinear:
+        """`few_rows`: the layer also runs decoding steps, so small layers keep a split copy for
+        steps of one or two rows (see above)."""
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.packed = _pack(linear.weight)
         layer.plain_bias = None if linear.bias is None else linear.bias.detach()
+        layer.split = _split(linear.weight, linear.bias) if few_rows else None
         return layer
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
@@ -67,21 +104,21 @@ class PackedLinear(nn.Linear):
         plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         plain.weight = copy.deepcopy(self.weight, memo)
         plain.bias = copy.deepcopy(self.bias, memo)
-        return PackedLinear.of(plain)
+        return PackedLinear.of(plain, few_rows=self.split is not None)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            return super().forward(x)
-        return _apply(x, self.packed, self.plain_bias, self.out_features)
+        if x.is_cpu and x.dtype == torch.float32:  # the cheapest test (a decoding step makes ~20 calls)
+            return _apply(x, self.packed, self.plain_bias, self.out_features, self.split)
+        return super().forward(x)
 
 
-def pack_linears(module: nn.Module) -> None:
-    """Replace every nn.Linear under `module` by its PackedLinear."""
+def pack_linears(module: nn.Module, few_rows: bool = False) -> None:
+    """Replace every nn.Linear under `module` by its PackedLinear (`few_rows`: see PackedLinear.of)."""
     for name, child in module.named_children():
         if type(child) is nn.Linear:
-            setattr(module, name, PackedLinear.of(child))
+            setattr(module, name, PackedLinear.of(child, few_rows))
         else:
-            pack_linears(child)
+            pack_linears(child, few_rows)
 
 
 def unpack_linears(module: nn.Module) -> None:

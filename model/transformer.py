@@ -112,4 +112,6 @@ class Transformer(nn.Module):
         self.packed_head = packed.PackedHead(self.lm_head, self.final_logits_bias)
         if packed.packs_every_layer():
             packed.pack_linears(self.encoder)
-            packed.pack_linears(self.decoder)
+            packed.pack_linears(self.decoder, few_rows=True)
+            for layer in self.decoder:
+                layer.cross_attn.kv.split = None  # it projects whole sources, never a step's rows

@@ -11,7 +11,7 @@ from loadtests.workload import held_out_pairs
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
-from model.packed import PackedHead, PackedLinear, available, packs_every_layer, unpack_linears
+from model.packed import FEW_ROWS, PackedHead, PackedLinear, available, packs_every_layer, unpack_linears
 from model.tokenizer import MarianTokenizer
 from model.translator import EMBEDDED_MODEL, pad_batch
 
@@ -80,6 +80,33 @@ def test_a_packed_layer_computes_its_linear():
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(copy.deepcopy(layer)(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_split_layer_computes_its_linear_at_every_row_count(bias):
+    gen = torch.Generator().manual_seed(3)
+    linear = torch.nn.Linear(48, 80, bias=bias)
+    layer = PackedLinear.of(linear, few_rows=True)
+    assert layer.split is not None
+    with torch.inference_mode():
+        for rows in (1, 2, FEW_ROWS + 1, 9):  # split copy, then oneDNN
+            x = torch.randn(rows, 48, generator=gen)
+            torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(copy.deepcopy(layer)(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert copy.deepcopy(layer).split is not None
+    assert PackedLinear.of(torch.nn.Linear(48, 81), few_rows=True).split is None  # no even split
+    assert PackedLinear.of(torch.nn.Linear(1024, 1024), few_rows=True).split is None  # large: oneDNN is as fast
+
+
+def test_only_the_decoding_step_layers_keep_a_split_copy(models):
+    packed, _ = models
+    if not packs_every_layer():
+        pytest.skip("layers other than the output projection are packed on AVX-512 CPUs only")
+    step_layers = [m for layer in packed.decoder for name, m in layer.named_modules()
+                   if isinstance(m, PackedLinear) and name != "cross_attn.kv"]
+    assert step_layers and all(m.split is not None for m in step_layers)
+    assert all(layer.cross_attn.kv.split is None for layer in packed.decoder)  # projects whole sources
+    assert not any(getattr(m, "split", None) is not None for m in packed.encoder.modules())
 
 
 def test_deepcopy_and_int8_quantization(models):
