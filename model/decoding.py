@@ -20,8 +20,7 @@ from model.transformer import Transformer
 NEG = -1.0e9  # what transformers adds to rule a candidate out; kept identical for parity
 INITIAL_CACHE_LEN = 64  # self-attention cache grows by doubling past this
 ENCODE_CHUNK = 8  # rows per encoder call in a big batch (still hundreds of matmul rows); measured best of 8-32
-TOPK_BLOCK = 64  # vocabulary columns per block in top_candidates (measured best of 16-256)
-BLOCK_TOPK_SIZE = 1 << 18  # top_candidates by blocks from this many scores up (64 x 8k: 0.18 -> 0.16 ms; 16 x 8k: even)
+TOPK_BLOCK = 64  # vocabulary columns per block in beam_candidates (measured best of 16-256)
 
 
 @dataclass
@@ -44,28 +43,38 @@ def log_probs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, -1, out=logits)
 
 
-def top_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k largest values of each row of (R, V) scores and their columns, as `topk` gives them.
+def beam_candidates(logp: Tensor, run_scores: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The `count` best continuations of each sentence over its K beams and the vocabulary, as
+    transformers picks them: topk over the (N, K x V) sums run_score + log-prob. -> (sums (N, count),
+    indices beam * V + token). `logp` is (N*K, V), or (N, V) when all beams have the same log-probs
+    (the first step); `run_scores` is (N, K).
 
-    With a large vocabulary, plain topk is slow on CPU (opus-mt's 58k at 256 rows: 6.9 ms a step).
-    The k largest values all lie in the k blocks of TOPK_BLOCK columns with the largest maxima,
-    so: one max per block, topk over the block maxima, then topk over those k blocks' columns
-    (1.7 ms). Same values and columns, except which of two exactly equal scores comes first."""
-    rows, vocab = scores.shape
+    On CPU that topk costs a partial sort per row, data-dependent and slow for a large vocabulary
+    (embedded, 64 x 4 beams: 1.2 ms a step; opus-mt's 58k: 7.4 ms). The `count` best sums all lie
+    in the `count` (beam, block of TOPK_BLOCK columns) pairs with the best block maximum plus beam
+    score (adding a beam's score keeps the order within its row, in floating point too), so: one
+    max per block, the beams' scores added, topk over those pairs, then topk over their columns:
+    the two selections run over ~500 values per sentence, not K x V. Same sums and indices,
+    except which of two exactly equal sums comes first."""
+    n = run_scores.shape[0]
+    beam_rows, vocab = logp.shape[0] // n, logp.shape[1]  # beam_rows: K, or 1 at the first step
     c = TOPK_BLOCK
-    if scores.numel() < BLOCK_TOPK_SIZE or vocab < k * c:  # small, or fewer than k blocks
-        return scores.topk(k)
+    if vocab < 2 * count * c:  # few blocks: the plain topk is cheap
+        return (logp.view(n, beam_rows, vocab) + run_scores[:, :, None]).view(n, -1).topk(count)
     whole = vocab - vocab % c
-    block_max = scores.unfold(1, c, c).amax(-1)  # whole blocks, a view (slicing first made a copy)
+    block_max = logp.unfold(1, c, c).amax(-1)  # whole blocks, a view (slicing first made a copy)
     if whole < vocab:  # the last, shorter block
-        block_max = torch.cat((block_max, scores[:, whole:].amax(-1, keepdim=True)), 1)
-    blocks = block_max.topk(k).indices  # (R, k)
-    cols = blocks[:, :, None] * c + torch.arange(c, device=scores.device)  # (R, k, c)
+        block_max = torch.cat((block_max, logp[:, whole:].amax(-1, keepdim=True)), 1)
+    blocks = block_max.shape[1]
+    pairs = (block_max.view(n, beam_rows, blocks) + run_scores[:, :, None]).view(n, -1).topk(count).indices
+    beam, block = pairs // blocks, pairs % blocks  # (N, count)
+    cols = block[:, :, None] * c + torch.arange(c, device=logp.device)  # (N, count, c)
     outside = cols >= vocab  # the last block's columns past the vocabulary
-    cols = cols.clamp_max(vocab - 1).view(rows, -1)
-    cand = scores.gather(1, cols).masked_fill_(outside.view(rows, -1), float("-inf"))
-    values, pick = cand.topk(k)
-    return values, cols.gather(1, pick)
+    cols = cols.clamp_max(vocab - 1)
+    rows = torch.arange(n, device=logp.device)[:, None] * beam_rows + (beam if beam_rows > 1 else 0)
+    sums = logp[rows[:, :, None], cols] + run_scores.gather(1, beam)[:, :, None]
+    top, pick = sums.masked_fill_(outside, float("-inf")).view(n, -1).topk(count)
+    return top, (beam[:, :, None] * vocab + cols).view(n, -1).gather(1, pick)
 
 
 def process(logp: Tensor, step: int | Tensor, limits: Tensor, settings: GenerationSettings, eos: int) -> Tensor:
@@ -235,14 +244,7 @@ class BeamState:
         vocab = logp.shape[-1]
         # Lengths ** penalty in float64, then float32: what `x / (length ** penalty)` does in transformers.
         denom = ((self.steps + 1).double() ** self.penalty).float()[:, None]  # (N, 1)
-        # The best 2K of all K x V candidates are among each beam's best 2K (adding the beam's score
-        # keeps its order): select those first, then add scores to K x 2K candidates, not K x V.
-        beam_best, beam_tok = top_candidates(logp, 2 * k)
-        beam_best, beam_tok = (beam_best[:, None].expand(n, k, 2 * k), beam_tok[:, None].expand(n, k, 2 * k)) \
-            if logp.shape[0] == n else (beam_best.view(n, k, 2 * k), beam_tok.view(n, k, 2 * k))
-        cand = (beam_best + self.run_scores[:, :, None]).view(-1, k * 2 * k)
-        top_scores, pick = cand.topk(2 * k)  # (N, 2K)
-        top_idx = (pick // (2 * k)) * vocab + beam_tok.reshape(-1, k * 2 * k).gather(1, pick)
+        top_scores, top_idx = beam_candidates(logp, self.run_scores, 2 * k)  # (N, 2K)
         src_beam, top_tok = top_idx // vocab, top_idx % vocab
         last = (self.limits == self.steps + 1)[:, None]  # (N, 1): the sentence's length limit is reached
         hits = (top_tok == eos) | last

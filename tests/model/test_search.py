@@ -1,5 +1,5 @@
-"""Search pieces: block top-k (only shows on large vocabularies: the parity configs have 300-500
-tokens) and which rows go on when some finish."""
+"""Search pieces: beam candidates by blocks (only shows on large vocabularies: the parity configs
+have 300-500 tokens) and which rows go on when some finish."""
 
 from __future__ import annotations
 
@@ -7,29 +7,43 @@ import pytest
 import torch
 
 from model.checkpoint import load_model
-from model.decoding import BLOCK_TOPK_SIZE, TOPK_BLOCK, generate, survivors, top_candidates
+from model.decoding import TOPK_BLOCK, beam_candidates, generate, survivors
 from model.generation import GenerationSettings
 from tests.helpers import hf_tokens, marian_config, random_sources, save_hf_model
 
 
-@pytest.mark.parametrize("vocab", [8000, 8003, 58101])
-@pytest.mark.parametrize("k", [2, 8])
-def test_top_candidates_equal_topk(vocab, k):
+def reference_candidates(logp: torch.Tensor, run_scores: torch.Tensor, count: int):
+    """transformers' selection: topk over every beam's scores plus log-probs."""
+    n = run_scores.shape[0]
+    return (logp.view(n, -1, logp.shape[1]) + run_scores[:, :, None]).view(n, -1).topk(count)
+
+
+@pytest.mark.parametrize("vocab", [1000, 8000, 8003, 58101])
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("first_step", [False, True])
+def test_beam_candidates_equal_topk_over_all_beams(vocab, k, first_step):
     gen = torch.Generator().manual_seed(vocab + k)
-    scores = torch.randn(BLOCK_TOPK_SIZE // vocab + 1, vocab, generator=gen).log_softmax(-1)  # the block path
-    scores[:, 5] = float("-inf")  # a banned token
-    scores[0, -3:] += 30.0  # best candidates in the last (shorter) block
-    scores[1, :TOPK_BLOCK] += 30.0  # all of them in the first block
-    scores[2, ::TOPK_BLOCK] += 30.0  # one per block
-    values, cols = top_candidates(scores, k)
-    ref_values, ref_cols = scores.topk(k)
+    n = 6
+    logp = torch.randn(n * (1 if first_step else k), vocab, generator=gen).log_softmax(-1)
+    logp[:, 5] = float("-inf")  # a banned token
+    logp[0, -3:] += 30.0  # best candidates in the last (shorter) block
+    logp[1, :TOPK_BLOCK] += 30.0  # all of them in the first block
+    logp[2, ::TOPK_BLOCK] += 30.0  # one per block
+    run_scores = -torch.rand(n, k, generator=gen) * 10
+    run_scores[3] = torch.tensor([0.0] + [-1.0e9] * (k - 1))  # a first step: only beam 0 is live
+    # Later beams far ahead: their blocks must win. (Distinct scores: at the first step the beams
+    # share one row, and equal sums may come in either order.)
+    run_scores[4, 1:] = run_scores[4, 0] + 25.0 + torch.arange(1, k)
+    values, idx = beam_candidates(logp, run_scores, 2 * k)
+    ref_values, ref_idx = reference_candidates(logp, run_scores, 2 * k)
     assert torch.equal(values, ref_values)
-    assert torch.equal(cols, ref_cols)
+    assert torch.equal(idx, ref_idx)
 
 
-def test_top_candidates_small_vocabulary_many_rows():
-    scores = torch.randn(BLOCK_TOPK_SIZE // 50 + 1, 50, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(top_candidates(scores, 8)[1], scores.topk(8).indices)
+def test_beam_candidates_small_vocabulary_is_the_plain_topk():
+    gen = torch.Generator().manual_seed(0)
+    logp, run_scores = torch.randn(32, 50, generator=gen), torch.randn(8, 4, generator=gen)
+    assert torch.equal(beam_candidates(logp, run_scores, 8)[1], reference_candidates(logp, run_scores, 8)[1])
 
 
 def test_beam_search_large_vocab_matches_transformers(tmp_path):
