@@ -19,7 +19,6 @@ from model.transformer import Transformer
 
 NEG = -1.0e9  # what transformers adds to rule a candidate out; kept identical for parity
 INITIAL_CACHE_LEN = 64  # self-attention cache grows by doubling past this
-ENCODE_CHUNK = 8  # rows per encoder call in a big batch (still hundreds of matmul rows); measured best of 8-32
 TOPK_BLOCK = 64  # vocabulary columns per block in beam_candidates (measured best of 16-256)
 
 
@@ -112,31 +111,11 @@ def survivors(done: Tensor) -> Tensor:
     return order
 
 
-def encode_memory(model: Transformer, src_ids: Tensor, src_bias: Tensor) -> Tensor:
-    """The encoder output (B, S, D) of a right-padded batch.
-
-    A batch of more than ENCODE_CHUNK rows is encoded in length-sorted chunks of ENCODE_CHUNK rows,
-    each cut to its own longest source: in a batch of 64 held-out sentences padding was 40% of the
-    encoder's work, and the encoder half of a greedy batch's time (batches of 16: 9.5 -> 8.8 ms).
-    A row's output does not depend on the other rows or on how much padding follows it; positions
-    past a row's chunk are zeros, which the source bias masks like any padding."""
-    rows, width = src_ids.shape
-    if rows <= ENCODE_CHUNK:
-        return model.encode(src_ids, src_bias)
-    real = src_ids != model.cfg.pad_token_id
-    ends = (real * torch.arange(1, width + 1, device=src_ids.device)).amax(1)  # last real token + 1
-    memory = torch.zeros((rows, width, model.cfg.d_model), dtype=model.positions.dtype, device=src_ids.device)
-    for chunk in ends.argsort(descending=True).split(ENCODE_CHUNK):
-        end = max(int(ends[chunk].max()), 1)
-        memory[chunk, :end] = model.encode(src_ids[chunk, :end], src_bias[chunk, :, :, :end])
-    return memory
-
-
 def encode(model: Transformer, src_ids: Tensor, settings: GenerationSettings) -> tuple[Tensor, Tensor, Tensor]:
     """Run the encoder once: (memory (B, S, D), source bias (B, 1, 1, S), per-row length limits (B,))."""
     cfg = model.cfg
     src_bias = model.source_bias(src_ids)
-    memory = encode_memory(model, src_ids, src_bias)
+    memory = model.encode_tokens(src_ids, src_bias)
     limits = row_limits(src_ids, cfg.pad_token_id, settings, cfg.max_position_embeddings).to(src_ids.device)
     return memory, src_bias, limits
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import CrossAttention, SelfAttention, attend_step
+from model.attention import CrossAttention, SelfAttention, attend, attend_step, merge_heads, split_heads
 
 
 def activation(name: str):
@@ -53,6 +53,18 @@ class EncoderLayer(nn.Module):
         rec = record["encoder"] if record is not None else None
         x = self.self_attn_norm(x + self.drop(self.self_attn(x, src_bias, record=rec)))
         return self.ffn_norm(x + self.drop(self.ffn(x)))
+
+    def tokens(self, x: Tensor, real: Tensor, src_bias: Tensor) -> Tensor:
+        """`forward` for inference on a batch's source tokens only: x (tokens, D), in the order of
+        the True entries of `real` (B, S). The matrix products skip the padding; attention runs on
+        the padded (B, H, S, Dh) layout it needs, with zeros at padding (masked by `src_bias`)."""
+        b, s = real.shape
+        qkv = x.new_zeros((b, s, 3 * x.shape[1]))
+        qkv[real] = self.self_attn.qkv.forward(x)
+        q, k, v = (split_heads(t, self.self_attn.heads) for t in qkv.chunk(3, dim=-1))
+        y = merge_heads(attend(q, k, v, src_bias))[real]  # (tokens, D)
+        x = self.self_attn_norm.forward(self.self_attn.out.forward(y).add_(x))
+        return self.ffn_norm.forward(self.ffn.step(x).add_(x))
 
 
 class DecoderLayer(nn.Module):

@@ -14,7 +14,6 @@ from torch import Tensor
 
 from model.attention import masked_bias
 from model.cache import KVCache, move_rows_
-from model.decoding import encode_memory
 from model.transformer import Transformer
 
 
@@ -54,7 +53,7 @@ class SlotRunner:
             src[i, : len(ids)] = torch.tensor(ids)
         src = src.to(self.device)
         bias = self.model.source_bias(src)
-        memory = encode_memory(self.model, src, bias)
+        memory = self.model.encode_tokens(src, bias)
         rows = torch.arange(len(sources), device=self.device).repeat_interleave(
             torch.tensor(copies, device=self.device))
         dest = slice(first_row, first_row + rows.numel())

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from loadtests.workload import held_out_pairs
-from model import decoding
 from model.checkpoint import load_model
 from model.decoding import generate
 from model.generation import GenerationSettings
@@ -21,7 +20,7 @@ def test_batch_equals_one_by_one(hf_checkpoint, beams):
     model = load_model(path, device="cpu")
     cfg = model.cfg
     src = random_sources(40, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, seed=5)
-    assert src.shape[0] >= 2 * decoding.ENCODE_CHUNK  # the batch is encoded in chunks, each alone
+    assert (src == cfg.pad_token_id).any()  # mixed lengths: the encoder packs the batch's tokens
     settings = GenerationSettings.from_checkpoint(path, cfg.pad_token_id).override(beam_size=beams)
     batched = [h[0].tokens for h in generate(model, src, settings)]
     alone = []
@@ -45,18 +44,17 @@ def test_relative_length_limit_per_row(hf_checkpoint):
             assert len(hyps[0].tokens) <= limit - 1  # the last allowed token is the forced EOS
 
 
-@pytest.mark.parametrize("beams", [1, 4])
-def test_chunked_encoding_keeps_held_out_translations(monkeypatch, beams):
-    """Big batches encode in length-sorted chunks (less padding): on real sentences the tokens are
-    those of encoding the whole batch at once."""
+@pytest.mark.parametrize("rows", [1, 16, 64])
+def test_token_packed_encoder_equals_the_batch_encoder(rows):
+    """encode_tokens runs the encoder's matrix products over source tokens only: on held-out
+    sentences its memory is encode()'s at every token, bit for bit, and zero at padding."""
     model = load_model(EMBEDDED_MODEL, device="cpu", dtype=torch.float32)
     tok = MarianTokenizer(EMBEDDED_MODEL)
     sources = tok.encode_batch([en for en, _ in held_out_pairs()[:128]], target_lang="de")
-    settings = GenerationSettings(beam_size=beams, max_length=128, banned_ids=(tok.pad_id,))
-    for start in range(0, len(sources), 64):
-        batch = pad_batch(sources[start : start + 64], tok.pad_id)
-        chunked = [h[0].tokens for h in generate(model, batch, settings)]
-        monkeypatch.setattr(decoding, "ENCODE_CHUNK", 10_000)
-        whole = [h[0].tokens for h in generate(model, batch, settings)]
-        monkeypatch.undo()
-        assert chunked == whole
+    with torch.inference_mode():
+        for start in range(0, len(sources), rows):
+            batch = pad_batch(sources[start : start + rows], tok.pad_id)
+            bias, real = model.source_bias(batch), batch != tok.pad_id
+            packed, whole = model.encode_tokens(batch, bias), model.encode(batch, bias)
+            assert torch.equal(packed[real], whole[real])
+            assert not packed[~real].any()
