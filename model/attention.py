@@ -85,6 +85,16 @@ class SelfAttention(nn.Module):
         y = attend(q, k, v, bias, causal, record, self.dropout if self.training else 0.0)
         return self.out(merge_heads(y))
 
+    def tokens(self, x: Tensor, real: Tensor, bias: Tensor | None) -> Tensor:
+        """`forward` for inference on a batch's tokens only: x (tokens, D), in the order of the
+        True entries of `real` (B, S) -> (tokens, D). The projections skip the padding; attention
+        runs on the padded (B, H, S, Dh) layout it needs, with zeros at padding (masked by `bias`)."""
+        b, s = real.shape
+        qkv = x.new_zeros((b, s, 3 * x.shape[1]))
+        qkv[real] = self.qkv.forward(x)
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
+        return self.out.forward(merge_heads(attend(q, k, v, bias))[real])
+
 
 class CrossAttention(nn.Module):
     """Queries from the decoder, keys and values from the encoder output (computed once per source)."""

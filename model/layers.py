@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import CrossAttention, SelfAttention, attend, attend_step, merge_heads, split_heads
+from model.attention import CrossAttention, SelfAttention, attend_step
 
 
 def activation(name: str):
@@ -56,14 +56,8 @@ class EncoderLayer(nn.Module):
 
     def tokens(self, x: Tensor, real: Tensor, src_bias: Tensor) -> Tensor:
         """`forward` for inference on a batch's source tokens only: x (tokens, D), in the order of
-        the True entries of `real` (B, S). The matrix products skip the padding; attention runs on
-        the padded (B, H, S, Dh) layout it needs, with zeros at padding (masked by `src_bias`)."""
-        b, s = real.shape
-        qkv = x.new_zeros((b, s, 3 * x.shape[1]))
-        qkv[real] = self.self_attn.qkv.forward(x)
-        q, k, v = (split_heads(t, self.self_attn.heads) for t in qkv.chunk(3, dim=-1))
-        y = merge_heads(attend(q, k, v, src_bias))[real]  # (tokens, D)
-        x = self.self_attn_norm.forward(self.self_attn.out.forward(y).add_(x))
+        the True entries of `real` (B, S) (see SelfAttention.tokens)."""
+        x = self.self_attn_norm.forward(self.self_attn.tokens(x, real, src_bias).add_(x))
         return self.ffn_norm.forward(self.ffn.step(x).add_(x))
 
 

@@ -64,7 +64,6 @@ class Transformer(nn.Module):
             x = layer(x, src_bias, record)
         return x
 
-    # -- decoder, teacher-forced -----------------------------------------------------------
     def encode_tokens(self, src_ids: Tensor, src_bias: Tensor) -> Tensor:
         """`encode` for inference (no dropout, nothing recorded) with the encoder's matrix products
         over source tokens only, as one (tokens, D) matrix: a batch of 16 held-out sentences has 266
@@ -82,6 +81,7 @@ class Transformer(nn.Module):
         memory[real] = x
         return memory
 
+    # -- decoder, teacher-forced -----------------------------------------------------------
     def forward(self, src_ids: Tensor, tgt_in: Tensor, record: dict[str, list[Tensor]] | None = None) -> Tensor:
         """Logits (B, T, V) for every target position; tgt_in starts with decoder_start_token_id.
 
