@@ -57,10 +57,9 @@ class SlotRunner:
         rows = torch.arange(len(sources), device=self.device).repeat_interleave(
             torch.tensor(copies, device=self.device))
         dest = slice(first_row, first_row + rows.numel())
-        for layer_index, layer in enumerate(self.model.decoder):
-            k, v = layer.cross_attn.project_memory(memory)  # (N, H, S, Dh)
-            self.cross_k[layer_index, dest, :, :width] = k[rows]
-            self.cross_v[layer_index, dest, :, :width] = v[rows]
+        k, v = self.model.cross_kv(memory, bias)  # (L, N, H, S, Dh)
+        self.cross_k[:, dest, :, :width] = k[:, rows]
+        self.cross_v[:, dest, :, :width] = v[:, rows]
         lengths = torch.tensor([len(s) for s in sources], device=self.device)[rows]
         self.src_len[dest] = lengths
         self.positions[dest] = 0
