@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
+import sys
 import threading
 
 import ray
@@ -16,6 +19,31 @@ from model.translator import EMBEDDED_MODEL
 from service.app import AppArgs, ModelSpec, build_app
 
 HOST = "127.0.0.1"
+RAY_CHECK_S = 2.0  # how often the driver checks that Ray is still there
+RAY_MISSES = 3  # consecutive failed checks before it gives up
+
+
+def reachable(address: str) -> bool:
+    """Whether something accepts TCP connections at "host:port"."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_stop(stop: threading.Event, gcs_address: str) -> None:
+    """Block until Ctrl-C / SIGTERM, or exit if Ray goes away underneath (`ray stop`): the driver
+    would otherwise spin at a full core for a minute trying to reach the GCS, then die with a
+    message about its RPC client."""
+    misses = 0
+    while not stop.wait(RAY_CHECK_S):
+        misses = 0 if reachable(gcs_address) else misses + 1
+        if misses >= RAY_MISSES:
+            print(f"mt-serve: Ray is gone (its GCS at {gcs_address} refuses connections; was `ray stop` run?); "
+                  "exiting", file=sys.stderr, flush=True)
+            os._exit(1)  # serve.shutdown() and ray.shutdown() would wait on the dead GCS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop(stop, ray.get_runtime_context().gcs_address)
     serve.shutdown()
     ray.shutdown()
 

@@ -1,0 +1,43 @@
+"""`make serve`'s driver (`python -m service.run`) exits when Ray goes away underneath it.
+
+Before, `ray stop` under a running `make serve` left the driver at a full core for a minute or
+more, retrying the dead GCS. The service here is a cluster of its own (its own ports, its own
+process group, as loadtests.run starts it); the session's `service` fixture is not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from loadtests.run import Service
+
+
+def processes_named(pgid: int, name: str) -> list[int]:
+    """Pids in process group `pgid` whose command name is `name`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid and (entry / "comm").read_text().strip() == name:
+                found.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
+    return found
+
+
+def test_driver_exits_when_ray_is_stopped_underneath(tiny_model, tmp_path):
+    log = tmp_path / "serve.log"
+    service = Service(str(tiny_model), "en-de", log, threads=1, replicas=1)
+    try:
+        service.wait_ready(240)
+        gcs = processes_named(os.getpgid(service.proc.pid), "gcs_server")
+        assert gcs, "no gcs_server in the service's process group"
+        for pid in gcs:
+            os.kill(pid, signal.SIGKILL)
+        assert service.proc.wait(timeout=30) == 1
+        assert "Ray is gone" in log.read_text()
+    finally:
+        service.stop()
