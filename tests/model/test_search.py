@@ -23,7 +23,7 @@ def reference_candidates(logp: torch.Tensor, run_scores: torch.Tensor, count: in
 @pytest.mark.parametrize("first_step", [False, True])
 def test_beam_candidates_equal_topk_over_all_beams(vocab, k, first_step):
     gen = torch.Generator().manual_seed(vocab + k)
-    n = 6
+    n = 24  # enough sums for the block path (PLAIN_TOPK_MAX) from an 8k vocabulary on
     logp = torch.randn(n * (1 if first_step else k), vocab, generator=gen).log_softmax(-1)
     logp[:, 5] = float("-inf")  # a banned token
     logp[0, -3:] += 30.0  # best candidates in the last (shorter) block
@@ -40,9 +40,10 @@ def test_beam_candidates_equal_topk_over_all_beams(vocab, k, first_step):
     assert torch.equal(idx, ref_idx)
 
 
-def test_beam_candidates_small_vocabulary_is_the_plain_topk():
+@pytest.mark.parametrize("sentences, vocab", [(8, 50), (1, 8003), (4, 8003)])
+def test_beam_candidates_few_sums_are_the_plain_topk(sentences, vocab):
     gen = torch.Generator().manual_seed(0)
-    logp, run_scores = torch.randn(32, 50, generator=gen), torch.randn(8, 4, generator=gen)
+    logp, run_scores = torch.randn(sentences * 4, vocab, generator=gen), torch.randn(sentences, 4, generator=gen)
     assert torch.equal(beam_candidates(logp, run_scores, 8)[1], reference_candidates(logp, run_scores, 8)[1])
 
 
