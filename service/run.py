@@ -27,7 +27,7 @@ def reachable(address: str) -> bool:
     """Whether something accepts TCP connections at "host:port"."""
     host, port = address.rsplit(":", 1)
     try:
-        with socket.create_connection((host, int(port)), timeout=1):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):  # "[::1]:port" too
             return True
     except OSError:
         return False
@@ -36,7 +36,11 @@ def reachable(address: str) -> bool:
 def wait_for_stop(stop: threading.Event, gcs_address: str) -> None:
     """Block until Ctrl-C / SIGTERM, or exit if Ray goes away underneath (`ray stop`): the driver
     would otherwise spin at a full core for a minute trying to reach the GCS, then die with a
-    message about its RPC client."""
+    message about its RPC client. If the GCS cannot be reached from the start (an address this
+    check does not understand), it only waits for the signal."""
+    if not reachable(gcs_address):
+        stop.wait()
+        return
     misses = 0
     while not stop.wait(RAY_CHECK_S):
         misses = 0 if reachable(gcs_address) else misses + 1

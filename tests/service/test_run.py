@@ -23,7 +23,7 @@ def processes_named(pgid: int, name: str) -> list[int]:
         try:
             if os.getpgid(int(entry.name)) == pgid and (entry / "comm").read_text().strip() == name:
                 found.append(int(entry.name))
-        except (OSError, ProcessLookupError):
+        except OSError:
             continue  # gone meanwhile
     return found
 
