@@ -23,11 +23,10 @@ RAY_CHECK_S = 2.0  # how often the driver checks that Ray is still there
 RAY_MISSES = 3  # consecutive failed checks before it gives up
 
 
-def reachable(address: str) -> bool:
-    """Whether something accepts TCP connections at "host:port"."""
-    host, port = address.rsplit(":", 1)
+def reachable(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port."""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):  # "[::1]:port" too
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
@@ -36,14 +35,15 @@ def reachable(address: str) -> bool:
 def wait_for_stop(stop: threading.Event, gcs_address: str) -> None:
     """Block until Ctrl-C / SIGTERM, or exit if Ray goes away underneath (`ray stop`): the driver
     would otherwise spin at a full core for a minute trying to reach the GCS, then die with a
-    message about its RPC client. If the GCS cannot be reached from the start (an address this
-    check does not understand), it only waits for the signal."""
-    if not reachable(gcs_address):
+    message about its RPC client. An address this cannot parse leaves only the signals."""
+    host, _, port = gcs_address.rpartition(":")
+    if not host or not port.isdigit():
         stop.wait()
         return
+    host = host.strip("[]")  # an IPv6 address comes as [addr]:port
     misses = 0
     while not stop.wait(RAY_CHECK_S):
-        misses = 0 if reachable(gcs_address) else misses + 1
+        misses = 0 if reachable(host, int(port)) else misses + 1
         if misses >= RAY_MISSES:
             print(f"mt-serve: Ray is gone (its GCS at {gcs_address} refuses connections; was `ray stop` run?); "
                   "exiting", file=sys.stderr, flush=True)

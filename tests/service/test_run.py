@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from loadtests.run import Service
@@ -33,6 +34,9 @@ def test_driver_exits_when_ray_is_stopped_underneath(tiny_model, tmp_path):
     service = Service(str(tiny_model), "en-de", log, threads=1, replicas=1)
     try:
         service.wait_ready(240)
+        deadline = time.monotonic() + 60  # ready over HTTP a moment before the driver prints this
+        while "mt-serve is up" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
         gcs = processes_named(os.getpgid(service.proc.pid), "gcs_server")
         assert gcs, "no gcs_server in the service's process group"
         for pid in gcs:
