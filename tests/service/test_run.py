@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
-from pathlib import Path
 
 from loadtests.run import Service
 
 
 def processes_named(pgid: int, name: str) -> list[int]:
     """Pids in process group `pgid` whose command name is `name`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) == pgid and (entry / "comm").read_text().strip() == name:
-                found.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile
-    return found
+    out = subprocess.run(["pgrep", "-g", str(pgid), "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def test_driver_exits_when_ray_is_stopped_underneath(tiny_model, tmp_path):
