@@ -26,6 +26,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.clients import LocalModel, ModelClient, RemoteModel
 from service.errors import RequestRejected
 from service.gate import GateConfig, Gatekeeper, load_keys
 from service.languages import detect_language, language_name
@@ -183,6 +184,14 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error", libre=_libre(request))
 
 
+def _api_error(exc: BackPressureError | RequestRejected) -> ApiError:
+    """A model's refusal as the HTTP answer: a full queue (Serve's or ours) says when to come back."""
+    if isinstance(exc, BackPressureError) or exc.code == 503:
+        return ApiError(503, "overloaded", "the model's queue is full; retry later",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    return ApiError(exc.code, exc.type, exc.message)
+
+
 async def _until_client_leaves(request: Request) -> None:
     """Returns once the client has gone. The body has been read, so the next ASGI message is the
     disconnect; a receive that fails means Serve's proxy has already dropped the request."""
@@ -219,7 +228,8 @@ async def _unless_client_leaves(work: Any, request: Request) -> Any:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, models: dict[str, DeploymentHandle], pairs: dict[str, str],
-                 api_keys_file: str | None = None, rate_limit_per_minute: int | None = None) -> None:
+                 api_keys_file: str | None = None, rate_limit_per_minute: int | None = None,
+                 local: dict[str, tuple] | None = None) -> None:
         from service.settings import Security
 
         security = Security()
@@ -227,7 +237,16 @@ class Ingress:
                          api_keys_file or security.api_keys_file)
         GATE.secure(keys, rate_limit_per_minute if rate_limit_per_minute is not None
                     else security.rate_limit_per_minute)
-        self.models = models
+        self.models: dict[str, ModelClient] = {name: RemoteModel(h) for name, h in models.items()}
+        # Models hosted in this replica (`local`: name -> ModelHost arguments): no hop to reach them.
+        self.hosts = []
+        if local:
+            from service.deployments import ModelHost  # torch and the model: only where a model lives
+
+            for name, host_args in local.items():
+                host = ModelHost(name, *host_args)
+                self.hosts.append(host)
+                self.models[name] = LocalModel(host)
         self.pairs = pairs  # "en-de" -> model name
         from service.metrics import IngressMetrics  # needs a Ray worker
 
@@ -235,8 +254,17 @@ class Ingress:
         self.in_flight = 0
         self.replica = serve.get_replica_context().replica_id.unique_id
 
+    def reconfigure(self, config: dict) -> None:
+        """Batching knobs (user_config) of the models hosted here."""
+        for host in self.hosts:
+            host.reconfigure(config)
+
+    async def check_health(self) -> None:
+        for host in self.hosts:
+            await host.check_health()
+
     # -- plumbing -------------------------------------------------------------------------------------
-    def _route(self, source: str, target: str) -> tuple[str, DeploymentHandle]:
+    def _route(self, source: str, target: str) -> tuple[str, ModelClient]:
         pair = f"{source}-{target}"
         if pair not in self.pairs:
             raise ApiError(404, "unknown_language_pair",
@@ -245,22 +273,14 @@ class Ingress:
         name = self.pairs[pair]
         return name, self.models[name]
 
-    async def _run(self, handle: DeploymentHandle, job: TranslationJob) -> Any:
-        response = handle.translate.remote(job)
+    async def _run(self, model: ModelClient, job: TranslationJob) -> Any:
         try:
-            return await asyncio.wait_for(response, timeout=job.timeout_s)
+            return await asyncio.wait_for(model.translate(job), timeout=job.timeout_s)
         except TimeoutError:
-            response.cancel()  # the model drops the work: a cancelled request leaves its batch queue
             raise ApiError(504, "deadline_exceeded", f"translation did not finish within {job.timeout_s}s",
                            field="timeout", bound=job.timeout_s) from None
-        except asyncio.CancelledError:
-            response.cancel()  # the client went away: stop its work too
-            raise
-        except BackPressureError:
-            raise ApiError(503, "overloaded", "the model's queue is full; retry later",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        except RequestRejected as exc:
-            raise ApiError(exc.code, exc.type, exc.message) from None
+        except (BackPressureError, RequestRejected) as exc:
+            raise _api_error(exc) from None
 
     async def _observed(self, route: str, pair: str, work: Any, request: Request) -> Any:
         started = time.perf_counter()
@@ -295,10 +315,10 @@ class Ingress:
         pair_label = pair if pair in self.pairs else "unknown"
 
         async def work() -> Any:
-            name, handle = self._route(body.source_lang, body.target_lang)
+            name, model = self._route(body.source_lang, body.target_lang)
             if body.stream:
-                return await self._stream(handle, body.to_job())
-            result = await self._run(handle, body.to_job())
+                return await self._stream(model, body.to_job())
+            result = await self._run(model, body.to_job())
             aligned = result.alignments or [None] * len(result.texts)
             return TranslateResponse(
                 translations=[
@@ -315,20 +335,16 @@ class Ingress:
 
         return await self._observed("/v1/translate", pair_label, work(), request)
 
-    async def _stream(self, handle: DeploymentHandle, job: TranslationJob) -> StreamingResponse:
+    async def _stream(self, model: ModelClient, job: TranslationJob) -> StreamingResponse:
         """Server-sent events; errors that come before the first event are still plain HTTP errors."""
-        events = handle.options(stream=True).translate_stream.remote(job)
+        events = model.stream(job)
         try:
-            first = await asyncio.wait_for(events.__anext__(), timeout=job.timeout_s)
+            first = await asyncio.wait_for(anext(events), timeout=job.timeout_s)
         except TimeoutError:
-            events.cancel()
             raise ApiError(504, "deadline_exceeded", f"translation did not start within {job.timeout_s}s",
                            field="timeout", bound=job.timeout_s) from None
-        except RequestRejected as exc:
-            raise ApiError(exc.code, exc.type, exc.message) from None
-        except BackPressureError:
-            raise ApiError(503, "overloaded", "the model's queue is full; retry later",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except (BackPressureError, RequestRejected) as exc:
+            raise _api_error(exc) from None
 
         async def sse() -> Any:
             try:
@@ -338,7 +354,7 @@ class Ingress:
             except RequestRejected as exc:
                 yield f"data: {json.dumps({'event': 'error', 'code': exc.code, 'message': exc.message})}\n\n"
             finally:
-                events.cancel()  # the client stopped reading: the model withdraws the rest
+                await events.aclose()  # the client stopped reading: the model withdraws the rest
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -349,18 +365,16 @@ class Ingress:
         pair = f"{body.source_lang}-{body.target_lang}"
 
         async def work() -> AttentionResponse:
-            _, handle = self._route(body.source_lang, body.target_lang)
+            _, model = self._route(body.source_lang, body.target_lang)
             job = TranslationJob(texts=(body.text,), source_lang=body.source_lang, target_lang=body.target_lang,
                                  beam_size=body.beam_size, max_length=None, num_alternatives=0, length_penalty=None,
                                  timeout_s=LIMITS.default_timeout_s)
-            response = handle.attention.remote(job)
             try:
-                return AttentionResponse(**await asyncio.wait_for(response, timeout=job.timeout_s))
+                return AttentionResponse(**await asyncio.wait_for(model.attention(job), timeout=job.timeout_s))
             except TimeoutError:
-                response.cancel()
                 raise ApiError(504, "deadline_exceeded", "attention did not finish in time") from None
-            except RequestRejected as exc:
-                raise ApiError(exc.code, exc.type, exc.message) from None
+            except (BackPressureError, RequestRejected) as exc:
+                raise _api_error(exc) from None
 
         return await self._observed("/v1/attention", pair if pair in self.pairs else "unknown", work(), request)
 
@@ -371,7 +385,7 @@ class Ingress:
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     async def list_models(self) -> ModelsResponse:
-        infos = await asyncio.gather(*(h.info.remote() for h in self.models.values()))
+        infos = await asyncio.gather(*(m.info() for m in self.models.values()))
         return ModelsResponse(models=[ModelInfo(**i) for i in infos])
 
     @app.get("/healthz", tags=["health"])
@@ -383,7 +397,7 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         """Readiness: every model replica is loaded and has done its warm-up translation."""
         try:
-            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in self.models.values())), timeout=5)
+            await asyncio.wait_for(asyncio.gather(*(m.info() for m in self.models.values())), timeout=5)
         except Exception:  # any model not answering means not ready
             return error_response(503, "not_ready", "models are still loading")
         return JSONResponse({"status": "ready", "models": sorted(self.models), "pairs": sorted(self.pairs)})
@@ -408,12 +422,12 @@ class Ingress:
         async def work() -> JSONResponse:
             if source == body.target:
                 raise ApiError(422, "invalid_request", f"source and target must differ. Given: both {source!r}")
-            _, handle = self._route(source, body.target)
+            _, model = self._route(source, body.target)
             job = TranslationJob(texts=tuple([body.q] if isinstance(body.q, str) else body.q), source_lang=source,
                                  target_lang=body.target, beam_size=None, max_length=None,
                                  num_alternatives=body.alternatives, length_penalty=None,
                                  timeout_s=LIMITS.default_timeout_s)
-            result = await self._run(handle, job)
+            result = await self._run(model, job)
             out: dict[str, Any] = {"translatedText": result.texts[0] if isinstance(body.q, str) else result.texts}
             if body.alternatives:
                 out["alternatives"] = result.alternatives[0] if isinstance(body.q, str) else result.alternatives

@@ -1,7 +1,9 @@
 """The application builder: `serve run service.app:build_app [key=value ...]` or a Serve config file.
 
-Each model directory becomes its own deployment (replicas, CPUs/GPUs, batching); the ingress
-routes each language pair to the deployment that serves it.
+One model: one deployment that is both the HTTP ingress and the model (a request crosses no Ray
+hop after Serve's proxy). Several models (or `separate_ingress`): each model directory becomes its
+own deployment (replicas, CPUs/GPUs, batching) and the ingress routes each language pair to the
+deployment that serves it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class AppArgs(BaseModel):
     # Where keys come from (a mounted Secret); the keys themselves never appear in args.
     api_keys_file: str | None = None
     rate_limit_per_minute: int | None = Field(None, ge=0, description="texts per minute per API key")
+    separate_ingress: bool = Field(False, description="one model too gets its own deployment behind the ingress "
+                                                      "(several models always do)")
 
     @model_validator(mode="after")
     def _unique(self) -> AppArgs:
@@ -71,24 +75,37 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     if isinstance(args, dict):  # `serve run module:build_app key=value` hands over a dict
         args = AppArgs.model_validate(args)
+    pairs = {p: spec.name for spec in args.models for p in spec.resolved_pairs()}
+    if len(args.models) == 1 and not args.separate_ingress:
+        return _hosted_in_ingress(args, args.models[0], pairs)
     handles = {}
-    pairs: dict[str, str] = {}
     for spec in args.models:
-        device = "cuda" if spec.num_gpus > 0 else "cpu"
-        options = dict(
-            name=f"model-{spec.name}",
-            ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
-            user_config=args.batching.model_dump(),
-            max_ongoing_requests=spec.max_ongoing_requests,
-            max_queued_requests=spec.max_queued_requests,
-        )
-        if spec.num_replicas == "auto":
-            options["num_replicas"] = "auto"
-        else:
-            options["num_replicas"] = int(spec.num_replicas)
-        handles[spec.name] = ModelDeployment.options(**options).bind(
-            spec.name, spec.path, spec.resolved_pairs(), device, spec.threads, spec.dtype)
-        pairs.update({p: spec.name for p in spec.resolved_pairs()})
+        handles[spec.name] = ModelDeployment.options(
+            name=f"model-{spec.name}", user_config=args.batching.model_dump(),
+            max_ongoing_requests=spec.max_ongoing_requests, max_queued_requests=spec.max_queued_requests,
+            **_placement(spec)).bind(spec.name, *_host_args(spec, args.batching))
     return Ingress.options(num_replicas=args.ingress_replicas, max_ongoing_requests=args.ingress_max_ongoing_requests,
                            max_queued_requests=args.ingress_max_queued_requests).bind(
         handles, pairs, args.api_keys_file, args.rate_limit_per_minute)
+
+
+def _hosted_in_ingress(args: AppArgs, spec: ModelSpec, pairs: dict[str, str]) -> Application:
+    """One deployment, HTTP and model together: its replicas are the model's. The model sheds load
+    itself (503 + Retry-After past `batching.max_queue_delay_s` of work), so Serve's own bounds are the
+    ingress's, which only an HTTP flood reaches."""
+    return Ingress.options(name=f"model-{spec.name}", user_config=args.batching.model_dump(),
+                           max_ongoing_requests=max(args.ingress_max_ongoing_requests, spec.max_ongoing_requests),
+                           max_queued_requests=args.ingress_max_queued_requests,
+                           health_check_period_s=10, health_check_timeout_s=30, **_placement(spec)).bind(
+        {}, pairs, args.api_keys_file, args.rate_limit_per_minute, {spec.name: _host_args(spec, args.batching)})
+
+
+def _placement(spec: ModelSpec) -> dict:
+    return {"ray_actor_options": {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+            "num_replicas": "auto" if spec.num_replicas == "auto" else int(spec.num_replicas)}
+
+
+def _host_args(spec: ModelSpec, batching: BatchingConfig) -> tuple:
+    """ModelHost's arguments after the name."""
+    return (spec.path, spec.resolved_pairs(), "cuda" if spec.num_gpus > 0 else "cpu", spec.threads, spec.dtype,
+            batching.model_dump())

@@ -95,6 +95,21 @@ class ContinuousEngine:
             self.thread.join(timeout=30)
             self.thread = None
 
+    def configure(self, *, max_encode_tokens: int, max_active_tokens: int, admit_batch: int,
+                  admit_wait_s: float) -> None:
+        """Live-tunable admission knobs (the slot count is fixed: a new one needs a new engine)."""
+        with self.lock:
+            sched = self.scheduler
+            sched.max_encode_tokens, sched.max_active_tokens = max_encode_tokens, max_active_tokens
+            sched.admit_batch, sched.admit_wait_s = admit_batch, admit_wait_s
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def slots(self) -> int:
+        return self.scheduler.slots
+
     @property
     def slots_in_use(self) -> int:
         return self.scheduler.rows_in_use
@@ -109,16 +124,20 @@ class ContinuousEngine:
     # -- the loop -----------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self.stopping:
-            try:
-                busy = self.step()
-            except Exception as exc:
-                log.exception("continuous engine step failed; failing the %d sentences in flight",
-                              len(self.scheduler.running))
-                self._fail_running(exc)
-                busy = True
+            busy = self.run_once()
             if not busy:
                 self.wake.wait(timeout=1.0)
                 self.wake.clear()
+
+    def run_once(self) -> bool:
+        """One step; a step that raises fails the sentences it held, not the engine."""
+        try:
+            return self.step()
+        except Exception as exc:
+            log.exception("continuous engine step failed; failing the %d sentences in flight",
+                          len(self.scheduler.running))
+            self._fail_running(exc)
+            return True
 
     def _fail_running(self, exc: Exception) -> None:
         running, self.scheduler.running = self.scheduler.running, []

@@ -1,13 +1,15 @@
-"""Ray Serve deployment hosting one model (one directory, one or more language pairs).
+"""A model, hosted by Ray Serve: ModelHost (tokenization, engines, results) and ModelDeployment.
 
 A request's texts are split into sentences and tokenized; each sentence then becomes a future
 that one of two batching modes resolves:
 - continuous: sentences join the running decoder batch at the next step and leave it as soon as
-  they finish (service/continuous.py, on its own thread);
+  they finish (service/continuous.py), by default in an engine process of its own
+  (service/engine_process.py), so the decoder never waits for the HTTP server's interpreter lock;
 - request: sentences are cut into chunks that fit the token budget; chunks from concurrent
   requests meet in `@serve.batch` and run through the engine on a single worker thread.
 Either way the event loop keeps accepting requests, and a cancelled request (deadline, client
-gone) withdraws its unfinished sentences. Knobs are live-tunable via `user_config`.
+gone) withdraws its unfinished sentences. A host holding more than `max_queue_delay_s` of work answers 503.
+Knobs are live-tunable via `user_config`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from service import alignment
 from service import text as textlib
 from service.continuous import ContinuousEngine
 from service.engine import BatchStats, Engine, SentenceTask
+from service.engine_process import EngineGone, EngineProcess, EngineSpec
 from service.errors import RequestRejected
 from service.scheduler import Callback, Cancelled
 from service.schemas import LIMITS, TranslationJob
@@ -44,6 +48,7 @@ WARMUP_TEXT = "Hello."
 # degenerate repetition loop ends early instead of holding its batch for max_length steps.
 LENGTH_CAP_A, LENGTH_CAP_B = 2.5, 10
 STUCK_AFTER_S = 120.0  # a batch running longer than this means the replica is wedged
+RATE_WINDOW_S = 5.0  # how far back the finishing rate that bounds pending work is measured
 ATTENTION_MAX_TOKENS = 64  # /v1/attention returns L x H x T x S numbers: keep them few
 
 
@@ -111,6 +116,8 @@ def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, group: list)
                 return
             if isinstance(result, Cancelled):
                 fut.cancel()
+            elif isinstance(result, EngineGone):
+                fut.set_exception(RequestRejected(503, "overloaded", "the model's engine restarted; retry"))
             elif isinstance(result, BaseException):
                 fut.set_exception(RequestRejected(422, "untranslatable_input",
                                                   f"the text could not be translated: {type(result).__name__}"))
@@ -154,7 +161,7 @@ def _rounded(t: torch.Tensor) -> list:
     return (t * 1e4).round().div(1e4).tolist()
 
 
-def _retire(engine: ContinuousEngine) -> None:
+def _retire(engine: ContinuousEngine | EngineProcess) -> None:
     """Let a replaced engine finish what it holds, then stop its thread."""
     while not engine.idle():
         time.sleep(0.1)
@@ -191,25 +198,31 @@ def make_chunks(tasks: list[SentenceTask], budget: int) -> list[Chunk]:
     return chunks
 
 
-@serve.deployment(name="model", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30)
-class ModelDeployment:
+class ModelHost:
+    """One model in this process: tokenization, the engines, and results. Ray Serve hosts it either
+    in its own deployment (ModelDeployment, behind a separate ingress) or inside the ingress itself
+    (one model, one hop: service/api.py)."""
+
     def __init__(self, name: str, path: str, pairs: list[str], device: str | None = None, threads: int = 0,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, batching: dict | None = None) -> None:
         torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1)
         self.name, self.pairs = name, pairs
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.translator = Translator(path, device=device, dtype=torch_dtype)
         self.tokenizer = self.translator.tokenizer
-        self.batching = BatchingConfig()
+        # The deployment's user_config, also given here so the right engine starts once (reconfigure follows).
+        self.batching = BatchingConfig(**(batching or {}))
         self.engine = Engine(self.translator.model, max_batch_tokens=self.batching.max_batch_tokens,
                              max_batch_sentences=self.batching.max_batch_sentences)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.batch_started: float | None = None  # monotonic start of the batch on the engine thread
+        self.pending = 0  # sentences submitted and not yet finished (either engine)
+        self.finished: deque[float] = deque()  # when sentences finished, over the last RATE_WINDOW_S
         from service.metrics import ContinuousMetrics, ModelMetrics  # need a Ray worker: imported here
 
         self.metrics = ModelMetrics(name)
         self.continuous_metrics = ContinuousMetrics(self.metrics)
-        self.continuous: ContinuousEngine | None = None
+        self.continuous: ContinuousEngine | EngineProcess | None = None
         self._start_continuous()
         # Warm up: the first call pays one-time costs (allocator, kernels) before readiness.
         self.translator.translate_batch([WARMUP_TEXT], target_lang=self._first_target())
@@ -219,16 +232,29 @@ class ModelDeployment:
         """(Re)build the continuous engine when its shape changed; a replaced one finishes its work."""
         b = self.batching
         old = self.continuous
-        if old is not None and old.scheduler.slots == b.slots:
-            old.scheduler.max_encode_tokens = b.max_encode_tokens
-            old.scheduler.max_active_tokens = b.max_batch_tokens * 4
+        if b.mode != "continuous":  # request mode needs no engine of its own; a running one is retired
+            if old is not None:
+                self.continuous = None
+                threading.Thread(target=_retire, args=(old,), daemon=True).start()
             return
-        engine = ContinuousEngine(self.translator.model, slots=b.slots, max_active_tokens=b.max_batch_tokens * 4,
-                                  max_encode_tokens=b.max_encode_tokens,
-                                  max_source=min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens),
-                                  max_target=LIMITS.max_output_tokens)
+        knobs = dict(max_encode_tokens=b.max_encode_tokens, max_active_tokens=b.max_batch_tokens * 4,
+                     admit_batch=b.admit_batch, admit_wait_s=b.admit_wait_s)
+        if old is not None and old.slots == b.slots and isinstance(old, EngineProcess) == b.engine_process:
+            old.configure(**knobs)
+            return
+        max_source = min(LIMITS.max_sentence_tokens, self.engine.max_source_tokens)
+        engine: ContinuousEngine | EngineProcess
+        if b.engine_process:
+            p = next(self.translator.model.parameters())
+            engine = EngineProcess(EngineSpec(
+                str(self.translator.path), p.device.type, str(p.dtype).removeprefix("torch."), torch.get_num_threads(),
+                slots=b.slots, max_source=max_source, max_target=LIMITS.max_output_tokens, **knobs))
+        else:
+            engine = ContinuousEngine(self.translator.model, slots=b.slots, max_source=max_source,
+                                      max_target=LIMITS.max_output_tokens)
+            engine.configure(**knobs)
+            engine.start()
         engine.on_step.append(self.continuous_metrics.record_step)
-        engine.start()
         self.continuous = engine
         if old is not None:
             threading.Thread(target=_retire, args=(old,), daemon=True).start()
@@ -238,7 +264,10 @@ class ModelDeployment:
 
     # -- configuration --------------------------------------------------------------------------
     def reconfigure(self, config: dict) -> None:
-        self.batching = BatchingConfig(**config)
+        batching = BatchingConfig(**config)
+        if batching == self.batching and (self.continuous is not None) == (batching.mode == "continuous"):
+            return
+        self.batching = batching
         self._run_batch.set_max_batch_size(self.batching.max_batch_tokens)
         self._run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
         self.engine.max_batch_tokens = self.batching.max_batch_tokens
@@ -249,8 +278,8 @@ class ModelDeployment:
     async def check_health(self) -> None:
         """Fails when an engine thread is wedged, or (when idle) cannot translate a word."""
         engine = self.continuous
-        if engine is not None and (engine.thread is None or not engine.thread.is_alive()):
-            raise RuntimeError("the continuous-batching thread is not running")
+        if engine is not None and not engine.alive():
+            raise RuntimeError("the continuous-batching engine is not running")
         if engine is not None and not engine.idle():
             if time.monotonic() - engine.last_step > STUCK_AFTER_S:
                 raise RuntimeError(f"no decoder step for over {STUCK_AFTER_S:.0f}s")
@@ -429,8 +458,15 @@ class ModelDeployment:
 
     def _submit(self, tasks: list[SentenceTask]) -> tuple[list[asyncio.Future], Callable[[], None]]:
         """One future per sentence (resolving to SentenceDone), and a function that cancels the rest."""
+        bound = self._pending_bound()
+        if self.pending >= bound:  # a request that comes below the bound goes in whatever its size
+            raise RequestRejected(503, "overloaded", f"the model holds {self.pending} sentences, its bound is "
+                                  f"{bound}. Retry later")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in tasks]
+        self.pending += len(tasks)
+        for fut in futures:
+            fut.add_done_callback(self._sentence_left)
         if self.batching.mode == "continuous" and self.continuous is not None:
             engine = self.continuous
             groups = []
@@ -457,6 +493,21 @@ class ModelDeployment:
                 run.cancel()  # a chunk cancelled before its batch starts leaves the batch queue
 
         return futures, cancel_runs
+
+    def _sentence_left(self, _: asyncio.Future) -> None:
+        self.pending -= 1
+        self.finished.append(time.monotonic())
+
+    def _pending_bound(self) -> int:
+        """Sentences this host takes before it sheds: what it finishes in `max_queue_delay_s` at its rate
+        of the last RATE_WINDOW_S (so admitted requests wait at most about that), at least the slots
+        (what can run at once; an idle or starting host has no rate yet), at most `max_pending_sentences`."""
+        b = self.batching
+        horizon = time.monotonic() - RATE_WINDOW_S
+        while self.finished and self.finished[0] < horizon:
+            self.finished.popleft()
+        by_rate = int(len(self.finished) / RATE_WINDOW_S * b.max_queue_delay_s)
+        return min(b.max_pending_sentences, max(b.slots, by_rate))
 
     def _sentence(self, nbest: list[Hypothesis]) -> SentenceOut:
         texts = self.tokenizer.decode_batch([h.tokens for h in nbest])
@@ -487,3 +538,7 @@ class ModelDeployment:
             return self.engine.run_isolated(groups)
         finally:
             self.batch_started = None
+
+
+ModelDeployment = serve.deployment(name="model", max_ongoing_requests=64, health_check_period_s=10,
+                                   health_check_timeout_s=30)(ModelHost)

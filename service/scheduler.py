@@ -57,10 +57,17 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, slots: int, max_active_tokens: int, max_encode_tokens: int) -> None:
+    def __init__(self, slots: int, max_active_tokens: int, max_encode_tokens: int, *, admit_batch: int = 1,
+                 admit_wait_s: float = 0.0) -> None:
         self.slots = slots
         self.max_active_tokens = max_active_tokens
         self.max_encode_tokens = max_encode_tokens
+        # While sentences run, newcomers are admitted (encoded) together once `admit_batch` of them wait
+        # or the oldest has waited `admit_wait_s`: an encoder call costs about the same for 1 sentence
+        # as for several (reading the weights dominates on CPU), so one by one it costs the running
+        # rows a step's time for every sentence that joins.
+        self.admit_batch = admit_batch
+        self.admit_wait_s = admit_wait_s
         self.waiting: deque[SequenceGroup] = deque()
         self.running: list[SequenceGroup] = []  # in row order: group i holds the next `width` rows
 
@@ -80,6 +87,8 @@ class Scheduler:
             self.waiting = deque(g for g in self.waiting if not g.cancelled)
         admit: list[SequenceGroup] = []
         free = self.slots - self.rows_in_use
+        if self.running and self.waiting and not self._admission_due(free):
+            return StepPlan(admit, dropped)
         active, encoded = self.active_tokens(), 0
         while self.waiting:
             g = self.waiting[0]
@@ -94,3 +103,8 @@ class Scheduler:
             active += cost
             encoded += len(g.ids)
         return StepPlan(admit, dropped)
+
+    def _admission_due(self, free: int) -> bool:
+        if len(self.waiting) >= min(self.admit_batch, max(free, 1)):
+            return True
+        return time.monotonic() - self.waiting[0].arrived >= self.admit_wait_s

@@ -54,6 +54,14 @@ class BatchingConfig(BaseSettings):
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0, description="request mode: wait to fill a batch")
     max_batch_sentences: int = Field(64, ge=1, description="request mode: sentences decoded together at most")
     slots: int = Field(64, ge=8, description="continuous mode: decoder rows (a beam of k holds k)")
+    engine_process: bool = Field(True, description="continuous mode: the engine runs in a process of its own "
+                                 "(no interpreter lock shared with the HTTP server)")
+    admit_batch: int = Field(8, ge=1, description="continuous mode: while sentences run, newcomers join together "
+                             "once this many wait ...")
+    admit_wait_s: float = Field(0.05, ge=0.0, le=1.0, description="... or the oldest has waited this long")
+    max_queue_delay_s: float = Field(1.0, gt=0, description="a replica answers new requests 503 + Retry-After while "
+                                     "it holds more sentences than it finishes in this time (at least `slots`)")
+    max_pending_sentences: int = Field(4096, ge=1, description="... and always past this many")
     max_encode_tokens: int = Field(2048, ge=64,
                                    description="continuous mode: source tokens encoded between two decoder steps")
 

@@ -1,5 +1,6 @@
 """Bounded queues over real HTTP: past them a request gets 503 + Retry-After at once, whether the
-model's queue is full (our ingress answers) or the ingress's own (Serve's proxy answers)."""
+model is full (its own bound on pending sentences, or Serve's queue of a separate model
+deployment: our JSON answer either way) or the ingress's own queue (Serve's proxy answers)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ def deploy(service):
     from ray import serve
 
     from service.app import AppArgs, ModelSpec, build_app
+    from service.settings import BatchingConfig
 
     names = []
 
-    def run(name: str, *, model_queue: int, ingress_ongoing: int, ingress_queue: int) -> str:
+    def run(name: str, *, model_queue: int = 64, ingress_ongoing: int = 64, ingress_queue: int = 64,
+            pending: int = 128, separate: bool = False) -> str:
         spec = ModelSpec(name="tiny", path=str(service.model_dir), pairs=["en-de"], num_cpus=0.25, threads=1,
                          max_ongoing_requests=1, max_queued_requests=model_queue)
-        serve.run(build_app(AppArgs(models=[spec], ingress_max_ongoing_requests=ingress_ongoing,
-                                    ingress_max_queued_requests=ingress_queue)), name=name, route_prefix=f"/{name}")
+        args = AppArgs(models=[spec], ingress_max_ongoing_requests=ingress_ongoing,
+                       ingress_max_queued_requests=ingress_queue, separate_ingress=separate,
+                       batching=BatchingConfig(max_pending_sentences=pending))
+        serve.run(build_app(args), name=name, route_prefix=f"/{name}")
         names.append(name)
         return f"{service.url}/{name}"
 
@@ -56,16 +61,24 @@ def _check(responses: list[httpx.Response]) -> list[httpx.Response]:
     return shed
 
 
-def test_a_full_model_queue_answers_503_with_retry_after(deploy):
-    url = deploy("shed-model", model_queue=1, ingress_ongoing=64, ingress_queue=64)
+def _shed_by_the_model(url: str) -> None:
     shed = _check(asyncio.run(_burst(url, 10)))
     assert all(r.json()["error"]["type"] == "overloaded" for r in shed)  # our JSON error, not the proxy's text
     with httpx.Client(timeout=60) as c:  # and it serves again
         assert c.post(url + "/v1/translate", json=SLOW).status_code == 200
 
 
+def test_a_full_model_answers_503_with_retry_after(deploy):
+    # SLOW has 8 sentences: the first two requests go in (0 and 8 pending < 9), the rest are shed.
+    _shed_by_the_model(deploy("shed-pending", ingress_ongoing=64, ingress_queue=64, pending=9))
+
+
+def test_a_full_queue_of_a_separate_model_deployment_answers_503_with_retry_after(deploy):
+    _shed_by_the_model(deploy("shed-model", model_queue=1, separate=True))
+
+
 def test_a_full_ingress_queue_answers_503_with_retry_after(deploy):
-    url = deploy("shed-ingress", model_queue=64, ingress_ongoing=1, ingress_queue=1)
+    url = deploy("shed-ingress", ingress_ongoing=1, ingress_queue=1)
     _check(asyncio.run(_burst(url, 10)))
     with httpx.Client(timeout=60) as c:
         assert c.post(url + "/v1/translate", json=SLOW).status_code == 200

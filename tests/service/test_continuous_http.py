@@ -24,7 +24,9 @@ def cont(service):
     from service.settings import BatchingConfig
 
     spec = ModelSpec(name="tiny", path=str(service.model_dir), pairs=["en-de", "de-en"], num_cpus=0.5, threads=1)
-    args = AppArgs(models=[spec], batching=BatchingConfig(mode="continuous", slots=16))
+    # 40 slots: 12 concurrent requests of 3 sentences fit under the host's bound on pending work (at least
+    # its slots), so none is shed; beams of up to 4 still make sentences wait for slots and join mid-way.
+    args = AppArgs(models=[spec], batching=BatchingConfig(mode="continuous", slots=40))
     serve.run(build_app(args), name="cont", route_prefix="/cont")
     yield service.url + "/cont"
     serve.delete("cont")

@@ -57,10 +57,14 @@ def test_disconnected_clients_leave_no_work_running(service):
     doc = " ".join(f"This is sentence {i} of a long document." for i in range(20))
     body = {"text": [doc] * 4, **OK, "beam_size": 8, "max_length": 60}
 
+    shed = []  # 503s: the host bounds its pending work, and a crowd of 200 passes that bound
+
     async def impatient() -> None:
         async with httpx.AsyncClient(base_url=service.url, timeout=0.3) as c:
             with contextlib.suppress(httpx.TimeoutException):  # the client goes away mid-request
-                await c.post("/v1/translate", json=body)
+                r = await c.post("/v1/translate", json=body)
+                if r.status_code == 503:
+                    shed.append(r)
 
     async def crowd() -> None:
         await asyncio.gather(*(impatient() for _ in range(200)))
@@ -87,7 +91,7 @@ def test_disconnected_clients_leave_no_work_running(service):
         time.sleep(0.25)
     assert quiet_since is not None and time.time() - quiet_since >= 3, f"in flight: {_in_flight(service)}"
     # A client that leaves is not a server error (it was counted as one: status 500 by default).
-    assert metric_sum(service.metrics_url, "ray_mt_requests_total", 'status="5xx"') == errors_before
+    assert metric_sum(service.metrics_url, "ray_mt_requests_total", 'status="5xx"') == errors_before + len(shed)
     assert rate() > 0.5 * baseline  # throughput back (the machine is shared and noisy: a loose bound)
 
 
