@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.clients import LocalModel, ModelClient, RemoteModel
 from service.errors import RequestRejected
-from service.gate import GateConfig, Gatekeeper, load_keys
+from service.gate import RETRY_AFTER_S, GateConfig, Gatekeeper, load_keys
 from service.languages import detect_language, language_name
 from service.schemas import (
     LIMITS,
@@ -64,7 +64,6 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
     "properties": {"data": {"type": "string", "contentMediaType": "application/json"},
                    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}},
 }
-RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
 CLIENT_CLOSED = 499  # the status label of a request whose client went away (nginx's code; never sent)
 EXPLORER_PAGE = Path(__file__).parent / "static" / "explorer.html"
 # The page's script and style are inline; it loads nothing from elsewhere and talks only to this server.
@@ -247,12 +246,21 @@ class Ingress:
                 host = ModelHost(name, *host_args)
                 self.hosts.append(host)
                 self.models[name] = LocalModel(host)
+        if len(self.hosts) == 1 and not models:
+            GATE.overloaded = self._shed_early
         self.pairs = pairs  # "en-de" -> model name
         from service.metrics import IngressMetrics  # needs a Ray worker
 
         self.metrics = IngressMetrics()
         self.in_flight = 0
         self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def _shed_early(self, route: str) -> bool:
+        """Whether the gate answers 503 before reading the body (the pair is not known yet)."""
+        if not self.hosts[0].overloaded():
+            return False
+        self.metrics.observe(route, "unread", 503, 0.0)
+        return True
 
     def reconfigure(self, config: dict) -> None:
         """Batching knobs (user_config) of the models hosted here."""

@@ -498,16 +498,21 @@ class ModelHost:
         self.pending -= 1
         self.finished.append(time.monotonic())
 
+    def overloaded(self) -> bool:
+        return self.pending >= self._pending_bound()
+
     def _pending_bound(self) -> int:
         """Sentences this host takes before it sheds: what it finishes in `max_queue_delay_s` at its rate
-        of the last RATE_WINDOW_S (so admitted requests wait at most about that), at least the slots
-        (what can run at once; an idle or starting host has no rate yet), at most `max_pending_sentences`."""
+        of the last RATE_WINDOW_S (so admitted requests wait about that at most), at most
+        `max_pending_sentences`. Until it has finished as many sentences as it has slots in that
+        window (starting, or idle a while) its rate says little: then the bound is the slots."""
         b = self.batching
         horizon = time.monotonic() - RATE_WINDOW_S
         while self.finished and self.finished[0] < horizon:
             self.finished.popleft()
-        by_rate = int(len(self.finished) / RATE_WINDOW_S * b.max_queue_delay_s)
-        return min(b.max_pending_sentences, max(b.slots, by_rate))
+        if len(self.finished) < b.slots:
+            return min(b.max_pending_sentences, b.slots)
+        return min(b.max_pending_sentences, max(1, int(len(self.finished) / RATE_WINDOW_S * b.max_queue_delay_s)))
 
     def _sentence(self, nbest: list[Hypothesis]) -> SentenceOut:
         texts = self.tokenizer.decode_batch([h.tokens for h in nbest])

@@ -17,7 +17,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # The explorer page holds no data (its API key field is sent with each /v1/attention call).
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/-/healthz", "/-/routes", "/explorer"})
 JSON_ROUTES = frozenset({"/v1/translate", "/v1/attention"})
+MODEL_ROUTES = JSON_ROUTES | {"/translate"}
+RETRY_AFTER_S = 1  # what an overloaded model tells clients to wait
 
 
 class Rejected(Exception):
@@ -155,6 +157,9 @@ class GateConfig:
     body_timeout_s: float = 15.0  # a body that trickles in slower than this is dropped (408)
     keys: list[bytes] = field(default_factory=list)
     limiter: RateLimiter | None = None
+    # Set where the one model lives in this replica: True while it takes no more work. A request for it
+    # is then answered before its body is read or parsed, so shedding costs the replica little.
+    overloaded: Callable[[str], bool] | None = None  # (route) -> shed it
 
     def secure(self, keys: list[bytes], per_minute: int) -> None:
         self.keys = keys
@@ -174,6 +179,9 @@ class Gatekeeper:
         libre = path in ("/translate", "/languages")
         try:
             key = self._authorize(scope)
+            if self.config.overloaded is not None and path in MODEL_ROUTES and self.config.overloaded(path):
+                raise Rejected(503, "overloaded", "the model's queue is full; retry later",
+                               {"Retry-After": str(RETRY_AFTER_S)})
             body = await self._read_body(scope, receive) if scope.get("method") in ("POST", "PUT", "PATCH") else None
             data = None
             if body is not None and path in JSON_ROUTES:

@@ -32,6 +32,10 @@ def fast_path_environment(port: int, replicas: int) -> dict[str, str]:
         # A port is held back from reuse (default 150 s) for load balancers to drop it; a replica that
         # restarts here must get its port back at once, or clients of that port wait.
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        # Idle cost: the controller's loop runs 2x a second (not 10x), replicas hand Serve's own metrics
+        # over once a second (not 10x); neither is on a request's path.
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
         # Ray's default keeps a stopping replica's port open 30 s for a load balancer to notice;
         # locally nothing balances, and Ctrl-C should not wait for it.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
