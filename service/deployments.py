@@ -503,16 +503,14 @@ class ModelHost:
 
     def _pending_bound(self) -> int:
         """Sentences this host takes before it sheds: what it finishes in `max_queue_delay_s` at its rate
-        of the last RATE_WINDOW_S (so admitted requests wait about that at most), at most
-        `max_pending_sentences`. Until it has finished as many sentences as it has slots in that
-        window (starting, or idle a while) its rate says little: then the bound is the slots."""
+        of the last RATE_WINDOW_S, but never fewer than its slots (what can run at once: under a light
+        load the rate is the load's, not what the host can do), at most `max_pending_sentences`."""
         b = self.batching
         horizon = time.monotonic() - RATE_WINDOW_S
         while self.finished and self.finished[0] < horizon:
             self.finished.popleft()
-        if len(self.finished) < b.slots:
-            return min(b.max_pending_sentences, b.slots)
-        return min(b.max_pending_sentences, max(1, int(len(self.finished) / RATE_WINDOW_S * b.max_queue_delay_s)))
+        by_rate = int(len(self.finished) / RATE_WINDOW_S * b.max_queue_delay_s)
+        return min(b.max_pending_sentences, max(b.slots, by_rate))
 
     def _sentence(self, nbest: list[Hypothesis]) -> SentenceOut:
         texts = self.tokenizer.decode_batch([h.tokens for h in nbest])

@@ -60,8 +60,7 @@ class BatchingConfig(BaseSettings):
                              "once this many wait ...")
     admit_wait_s: float = Field(0.05, ge=0.0, le=1.0, description="... or the oldest has waited this long")
     max_queue_delay_s: float = Field(0.5, gt=0, description="a replica answers new requests 503 + Retry-After while "
-                                     "it holds more sentences than it finishes in this time (`slots` until it has "
-                                     "a rate)")
+                                     "it holds more sentences than it finishes in this time, and than its `slots`")
     max_pending_sentences: int = Field(4096, ge=1, description="... and always past this many")
     max_encode_tokens: int = Field(2048, ge=64,
                                    description="continuous mode: source tokens encoded between two decoder steps")
