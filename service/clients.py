@@ -5,7 +5,7 @@ which; cancelling the caller's task stops the model's share of the work either w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from service.schemas import TranslationJob
@@ -14,7 +14,7 @@ from service.schemas import TranslationJob
 class ModelClient(Protocol):
     async def translate(self, job: TranslationJob) -> Any: ...
 
-    def stream(self, job: TranslationJob) -> AsyncIterator[dict]: ...
+    def stream(self, job: TranslationJob) -> AsyncGenerator[dict, None]: ...
 
     async def attention(self, job: TranslationJob) -> dict: ...
 
@@ -30,7 +30,7 @@ class LocalModel:
     async def translate(self, job: TranslationJob) -> Any:
         return await self.host.translate(job)
 
-    def stream(self, job: TranslationJob) -> AsyncIterator[dict]:
+    def stream(self, job: TranslationJob) -> AsyncGenerator[dict, None]:
         return self.host.translate_stream(job)
 
     async def attention(self, job: TranslationJob) -> dict:
@@ -57,7 +57,7 @@ class RemoteModel:
     async def translate(self, job: TranslationJob) -> Any:
         return await self._await(self.handle.translate.remote(job))
 
-    async def stream(self, job: TranslationJob) -> AsyncIterator[dict]:
+    async def stream(self, job: TranslationJob) -> AsyncGenerator[dict, None]:
         events = self.handle.options(stream=True).translate_stream.remote(job)
         try:
             async for event in events:

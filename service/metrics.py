@@ -27,6 +27,7 @@ EXPORTED = {
     "requests": "ray_mt_requests_total",
     "request_latency": "ray_mt_request_latency_seconds",
     "requests_in_flight": "ray_mt_requests_in_flight",
+    "requests_shed": "ray_mt_requests_shed_total",
     "queue_wait": "ray_mt_queue_wait_seconds",
     "batch_requests": "ray_mt_batch_requests",
     "batch_sentences": "ray_mt_batch_sentences",
@@ -60,11 +61,15 @@ class IngressMetrics:
                                 tag_keys=("route", "pair", "status"))
         self.latency = Histogram("mt_request_latency_seconds", "HTTP request latency, arrival to response",
                                  boundaries=LATENCY_BUCKETS, tag_keys=("route", "pair"))
+        self.shed = Counter("mt_requests_shed", "requests answered 503 + Retry-After because a model was full "
+                            "(also counted as 5xx in mt_requests)", tag_keys=("route",))
         self.in_flight = Gauge("mt_requests_in_flight", "requests being served by this ingress replica",
                                tag_keys=("replica",))
 
     def observe(self, route: str, pair: str, code: int, seconds: float) -> None:
         self.requests.inc(1, tags={"route": route, "pair": pair, "status": status_class(code)})
+        if code == 503:
+            self.shed.inc(1, tags={"route": route})
         self.latency.observe(seconds, tags={"route": route, "pair": pair})
 
 
