@@ -168,6 +168,10 @@ def _engine_main(conn: Connection, spec: EngineSpec) -> None:
                                   max_target=spec.max_target)
         engine.configure(max_encode_tokens=spec.max_encode_tokens, max_active_tokens=spec.max_active_tokens,
                          admit_batch=spec.admit_batch, admit_wait_s=spec.admit_wait_s)
+        # Warm up before "ready": the first step pays one-time costs (allocator, kernels).
+        engine.submit([model.cfg.eos_token_id], GenerationSettings(beam_size=1, max_length=4), lambda _: None)
+        while not engine.idle():
+            engine.run_once()
     except Exception as exc:  # the replica reports it; nothing else can
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
