@@ -462,23 +462,31 @@ class ModelHost:
         if self.pending >= bound:  # a request that comes below the bound goes in whatever its size
             raise RequestRejected(503, "overloaded", f"the model holds {self.pending} sentences, its bound is "
                                   f"{bound}. Retry later")
+        engine = self.continuous if self.batching.mode == "continuous" else None
+        if engine is not None and not engine.alive():  # the health check restarts the replica
+            raise RequestRejected(503, "overloaded", "the model's engine is not running. Retry later")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in tasks]
         self.pending += len(tasks)
         for fut in futures:
             fut.add_done_callback(self._sentence_left)
-        if self.batching.mode == "continuous" and self.continuous is not None:
-            engine = self.continuous
-            groups = []
-            for task, fut in zip(tasks, futures):
-                holder: list = []
-                holder.append(engine.submit(task.ids, task.settings, _resolver(loop, fut, holder)))
-                groups.append(holder[0])
+        if engine is not None:
+            groups: list = []
 
             def cancel_groups() -> None:
                 for g in groups:
                     engine.cancel(g)
 
+            try:
+                for task, fut in zip(tasks, futures):
+                    holder: list = []
+                    holder.append(engine.submit(task.ids, task.settings, _resolver(loop, fut, holder)))
+                    groups.append(holder[0])
+            except BaseException:
+                cancel_groups()  # none of it runs, and every future settles (the pending count with them)
+                for fut in futures:
+                    fut.cancel()
+                raise
             return futures, cancel_groups
         runs = []
         i = 0
