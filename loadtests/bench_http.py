@@ -65,6 +65,7 @@ async def closed_loop(url: str, texts: list[str], clients: int, seconds: float, 
                     status, headers = r.status, r.headers
             except aiohttp.ClientError as exc:
                 other.append(type(exc).__name__)
+                await asyncio.sleep(0.1)  # no answer at all: do not spin on a service that is not there
                 continue
             dt = time.perf_counter() - t0
             i += clients
