@@ -163,9 +163,7 @@ def _engine_main(conn: Connection, spec: EngineSpec) -> None:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         model = load_model(spec.path, device=spec.device, dtype=getattr(torch, spec.dtype) if spec.dtype else None)
-        engine = ContinuousEngine(model, slots=spec.slots, max_active_tokens=spec.max_active_tokens,
-                                  max_encode_tokens=spec.max_encode_tokens, max_source=spec.max_source,
-                                  max_target=spec.max_target)
+        engine = ContinuousEngine(model, slots=spec.slots, max_source=spec.max_source, max_target=spec.max_target)
         engine.configure(max_encode_tokens=spec.max_encode_tokens, max_active_tokens=spec.max_active_tokens,
                          admit_batch=spec.admit_batch, admit_wait_s=spec.admit_wait_s)
         # Warm up before "ready": the first step pays one-time costs (allocator, kernels).
